@@ -1,0 +1,1 @@
+"""HTTP: a thin face over the stages (ingest, admin API, health, metrics)."""

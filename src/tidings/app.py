@@ -1,0 +1,82 @@
+"""The running tidings: its store, its receivers, its background tasks, opened and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+from tidings.clock import Clock, SystemClock
+from tidings.config import Settings
+from tidings.ingest.base import Receiver
+from tidings.ingest.committer import GroupCommitter
+from tidings.ingest.registry import receiver_class
+from tidings.metrics import Metrics
+from tidings.store import Store
+from tidings.store.inbox import purge_dedupe_keys
+
+log = logging.getLogger("tidings")
+
+PURGE_EVERY_SECONDS = 300.0
+
+
+class Tidings:
+    """Owns every long-lived part. Use `async with Tidings(settings) as tidings:`."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.store = Store(settings.storage.url, sqlite_synchronous=settings.storage.sqlite_synchronous)
+        self.receivers: dict[str, Receiver[Any]] = {
+            name: receiver_class(cfg.kind)(name, cfg, self.clock) for name, cfg in settings.sources.items()
+        }
+        self.committer = GroupCommitter(
+            self.store,
+            clock=self.clock,
+            metrics=self.metrics,
+            dedupe_window=settings.storage.dedupe_window,
+            max_pending=settings.server.max_pending_writes,
+            max_batch=settings.storage.max_commit_batch,
+        )
+        self.metrics.pending_writes.set_function(lambda: self.committer.pending)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.settings.storage.auto_migrate:
+            await self.store.write(lambda _conn: None)  # creates the SQLite file's directory and WAL
+            await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
+        await self.store.ping()
+        self.committer.start()
+        self._tasks.append(asyncio.create_task(self._purge_loop(), name="tidings-dedupe-purge"))
+
+    async def stop(self) -> None:
+        await self.committer.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.store.close()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                removed = await self.store.write(lambda conn: purge_dedupe_keys(conn, self.clock.now()))
+                if removed:
+                    log.info(
+                        "expired dedupe keys removed", extra={"action": "dedupe_purge", "count": removed}
+                    )
+            except Exception:
+                log.exception("dedupe purge failed", extra={"action": "dedupe_purge_failed"})
+            await asyncio.sleep(PURGE_EVERY_SECONDS)
+
+    async def __aenter__(self) -> Tidings:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,89 @@
+"""The `tidings` command: every operator action is a verb here.
+
+Errors are turned into exit codes in one place (`main`): 1 for a failed operation, 2 for a
+configuration that does not validate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tidings import __version__
+from tidings.config import DEFAULT_CONFIG_FILE, Settings, load_settings
+from tidings.exceptions import ConfigurationError, TidingsError
+
+app = typer.Typer(
+    name="tidings",
+    help="A self-hosted, real-time bridge from CRMs and shops to Email Service Providers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+events_app = typer.Typer(help="What arrived.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(events_app, name="events")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="TIDINGS_CONFIG", help="The config file.", show_default=True),
+]
+
+
+def settings_from(config: Path) -> Settings:
+    """The settings in `config`; with no file there, the built-in defaults (embedded SQLite)."""
+    if not config.exists() and str(config) == DEFAULT_CONFIG_FILE:
+        return Settings()
+    return load_settings(config)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"tidings {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+from tidings.cli import commands as _commands  # noqa: E402  (registers the verbs)
+
+__all__ = ["app", "main"]
+_ = _commands
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigurationError as exc:
+        err_console.print(f"[bold red]Configuration error[/]: {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            err_console.print(f"  {problem}", highlight=False, markup=False)
+        sys.exit(2)
+    except TidingsError as exc:
+        err_console.print(f"[bold red]Error[/]: {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if os.environ.get("TIDINGS_CLI_DEBUG"):  # pragma: no cover
+    app.pretty_exceptions_enable = True

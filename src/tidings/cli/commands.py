@@ -1,0 +1,178 @@
+"""The verbs: init, check, serve, db upgrade|current, events tail."""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tidings.cli import ConfigOption, app, console, db_app, err_console, events_app, settings_from
+from tidings.config import DEFAULT_CONFIG_FILE
+from tidings.store import Store
+from tidings.store.engine import display_url
+from tidings.store.inbox import InboxEntry, list_entries
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the starter config.")] = Path(
+        DEFAULT_CONFIG_FILE
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter tidings.yaml."""
+    if path.exists() and not force:
+        err_console.print(f"{path} exists; use --force to overwrite it.")
+        raise typer.Exit(1)
+    path.write_text(resources.files("tidings.cli").joinpath("starter.yaml").read_text())
+    console.print(
+        f"Wrote {path}. Next: [bold]tidings check -c {path}[/], then [bold]tidings serve -c {path}[/]."
+    )
+
+
+@app.command()
+def check(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
+    """Validate the config file; exit 2 listing every problem (file:line: key: message)."""
+    settings = settings_from(config)
+    console.print(f"[green]✓[/] {config} is valid")
+    console.print(f"  storage: {display_url(settings.storage.url)}")
+    for name, source in settings.sources.items():
+        console.print(f"  source [bold]{name}[/] ({source.kind})")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = Path(DEFAULT_CONFIG_FILE),
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT, overriding server.listen.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run tidings: receive webhooks and serve the API."""
+    import uvicorn
+
+    from tidings import logging as tlogging
+    from tidings.api.app import create_app
+    from tidings.app import Tidings
+
+    settings = settings_from(config)
+    if listen is not None:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"listen": listen})}
+        )
+    tlogging.configure(log_level)
+    server = settings.server
+    err_console.print(
+        f"tidings listening on http://{server.listen} (store: {display_url(settings.storage.url)})"
+    )
+    uvicorn.run(
+        create_app(Tidings(settings)),
+        host=server.host,
+        port=server.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        backlog=4096,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
+    """Create or migrate the schema to the latest version."""
+    settings = settings_from(config)
+    store = Store(settings.storage.url, sqlite_synchronous=settings.storage.sqlite_synchronous)
+    try:
+        store.upgrade()
+        console.print(
+            f"[green]✓[/] schema at {store.current_revision()} ({display_url(settings.storage.url)})"
+        )
+    finally:
+        store.close()
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
+    """Print the schema revision."""
+    settings = settings_from(config)
+    store = Store(settings.storage.url)
+    try:
+        console.print(store.current_revision() or "empty (run tidings db upgrade)")
+    finally:
+        store.close()
+
+
+def _entry_json(entry: InboxEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "topic": entry.topic,
+        "dedupe_key": entry.dedupe_key,
+        "received_at": entry.received_at.isoformat(),
+        "status": entry.status,
+        "error": entry.error,
+        "size": entry.size,
+    }
+
+
+@events_app.command("tail")
+def events_tail(
+    config: ConfigOption = Path(DEFAULT_CONFIG_FILE),
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many recent events to show first.")] = 20,
+    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
+) -> None:
+    """List what arrived, newest last; with --follow, keep watching."""
+    settings = settings_from(config)
+    store = Store(settings.storage.url)
+
+    def show(entries: list[InboxEntry]) -> None:
+        if as_json:
+            for entry in entries:
+                typer.echo(json.dumps(_entry_json(entry)))
+            return
+        if not entries:
+            return
+        table = Table("id", "received", "source", "topic", "status", "bytes", "dedupe key", box=None)
+        for e in entries:
+            status = f"[yellow]{e.status}[/]" if e.status == "flagged" else e.status
+            table.add_row(
+                str(e.id),
+                e.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                e.source,
+                e.topic or "",
+                status,
+                str(e.size),
+                e.dedupe_key[:40],
+            )
+        console.print(table)
+
+    try:
+        recent = store.read_sync(lambda conn: list_entries(conn, source=source, limit=lines))
+        recent.reverse()
+        show(recent)
+        last = recent[-1].id if recent else 0
+        while follow:
+            time.sleep(interval)
+            new = store.read_sync(lambda conn: list_entries(conn, source=source, after_id=last, limit=500))
+            show(new)
+            if new:
+                last = new[-1].id
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()

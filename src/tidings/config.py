@@ -1,0 +1,269 @@
+"""tidings.yaml: typed settings, `${ENV}` secrets, `*_file` secrets, and errors that name file:line:key.
+
+Loading happens in three steps, each reporting every problem it finds, not just the first:
+YAML parsing (with positions kept), substitution of `${VAR}` references and `*_file` paths, and
+validation against the pydantic models below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from tidings.exceptions import ConfigProblem, ConfigurationError
+
+DEFAULT_CONFIG_FILE = "tidings.yaml"
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> object:
+    """Accept `90`, `90s`, `30m`, `1h30m`, `7d`, `250ms` as well as what pydantic accepts."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+        if text.isdigit():
+            return timedelta(seconds=int(text))
+        raise ValueError(f"not a duration: {value!r} (use e.g. 300s, 30m, 7d)")
+    return value
+
+
+def _secret_list(value: object) -> object:
+    """A list of secrets may be given as one string; a `*_file` gives one secret per line."""
+    if isinstance(value, str):
+        return [line.strip() for line in value.splitlines() if line.strip()]
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+SecretList = Annotated[list[SecretStr], BeforeValidator(_secret_list)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
+
+
+class ConfigModel(BaseModel):
+    """Base of every settings model: unknown keys are errors (they are usually typos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AdminToken(ConfigModel):
+    name: str
+    token: SecretStr
+    scopes: list[Literal["read", "write"]] = ["read"]
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("an admin token must be at least 16 characters")
+        return value
+
+
+class ServerSettings(ConfigModel):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_pending_writes: int = Field(default=20_000, gt=0)
+    admin_tokens: list[AdminToken] = []
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StorageSettings(ConfigModel):
+    url: str = Field(default="sqlite:///tidings.db", repr=False)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    dedupe_window: Duration = timedelta(days=7)
+    auto_migrate: bool = True
+    max_commit_batch: int = Field(default=2000, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("storage.url must start with sqlite:// or postgresql://")
+        return value
+
+
+def _source_settings() -> Any:
+    from tidings.ingest.registry import SourceSettingsUnion
+
+    return SourceSettingsUnion
+
+
+class Settings(ConfigModel):
+    """The whole of tidings.yaml."""
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    sources: dict[Name, _source_settings()] = {}  # type: ignore[valid-type]
+    # Sections owned by later stages; their place in the file is fixed now.
+    destinations: dict[Name, dict[str, Any]] = {}
+    profile: dict[str, Any] = {}
+    flows: dict[Name, dict[str, Any]] = {}
+    privacy: dict[str, Any] = {}
+    sandbox: bool = False
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$\{")
+
+
+class _Loader:
+    def __init__(self, file: str, environ: dict[str, str]) -> None:
+        self.file = file
+        self.environ = environ
+        self.problems: list[ConfigProblem] = []
+        self.base_dir = Path(file).resolve().parent
+
+    def problem(self, line: int | None, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, line, path, message))
+
+    def resolve(self, node: Any, path: str, line: int | None) -> Any:
+        """Plain data from the YAML tree, with `${VAR}` and `*_file` resolved."""
+        if isinstance(node, CommentedMap):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                key_line = node.lc.key(key)[0] + 1
+                sub = f"{path}.{key}" if path else str(key)
+                resolved = self.resolve(value, sub, key_line)
+                if isinstance(key, str) and key.endswith("_file") and isinstance(resolved, str):
+                    target = key[: -len("_file")]
+                    if target in node:
+                        self.problem(key_line, sub, f"set either {target} or {key}, not both")
+                        continue
+                    content = self.read_secret_file(resolved, sub, key_line)
+                    if content is not None:
+                        out[target] = content
+                    continue
+                out[str(key)] = resolved
+            return out
+        if isinstance(node, CommentedSeq):
+            return [
+                self.resolve(value, f"{path}[{i}]", node.lc.item(i)[0] + 1) for i, value in enumerate(node)
+            ]
+        if isinstance(node, str):
+            return self.substitute(node, path, line)
+        return node
+
+    def substitute(self, text: str, path: str, line: int | None) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self.problem(line, path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(replace, text) if "$" in text else text
+
+    def read_secret_file(self, name: str, path: str, line: int | None) -> str | None:
+        file = (self.base_dir / name).expanduser()
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            self.problem(line, path, f"cannot read {file}: {exc.strerror}")
+            return None
+
+
+def _line_of(tree: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
+    """The line and dotted path of a pydantic error location in the YAML tree."""
+    node, line, parts = tree, None, []
+    for part in loc:
+        if isinstance(node, CommentedMap):
+            key = part if part in node else f"{part}_file" if f"{part}_file" in node else None
+            if key is None:
+                continue  # a union tag or a missing key: the parent is the best place to point
+            line = node.lc.key(key)[0] + 1
+            parts.append(str(part))
+            node = node[key]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{part}]"]
+            node = node[part]
+        elif isinstance(part, str) and not part.startswith(("function-", "tagged-union")):
+            parts.append(part)
+    return line, ".".join(parts)
+
+
+def _pydantic_problems(file: str, tree: Any, error: ValidationError) -> Iterator[ConfigProblem]:
+    for err in error.errors(include_url=False, include_input=False):
+        line, path = _line_of(tree, tuple(err["loc"]))
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        yield ConfigProblem(file, line, path, message)
+
+
+def load_settings(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate a tidings.yaml; raise ConfigurationError listing every problem."""
+    file = str(path)
+    try:
+        text = Path(file).read_text()
+    except OSError as exc:
+        raise ConfigurationError([ConfigProblem(file, None, "", f"cannot read: {exc.strerror}")]) from exc
+    return parse_settings(text, file, environ)
+
+
+def parse_settings(text: str, file: str = "<string>", environ: dict[str, str] | None = None) -> Settings:
+    try:
+        tree = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigurationError([ConfigProblem(file, line, "", f"invalid YAML: {exc.problem}")]) from exc
+    if tree is None:
+        tree = CommentedMap()
+    if not isinstance(tree, CommentedMap):
+        raise ConfigurationError([ConfigProblem(file, 1, "", "the top level must be a mapping of sections")])
+    loader = _Loader(file, dict(os.environ) if environ is None else environ)
+    data = loader.resolve(tree, "", None)
+    problems = loader.problems
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = problems + list(_pydantic_problems(file, tree, exc))
+        settings = None
+    if problems:
+        raise ConfigurationError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
+    assert settings is not None
+    return settings

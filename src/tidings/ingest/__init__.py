@@ -1,0 +1,1 @@
+"""Receiving: one receiver per sender kind, a group-committed inbox behind them."""

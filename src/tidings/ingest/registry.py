@@ -1,0 +1,32 @@
+"""The source kinds tidings knows: `kind:` in tidings.yaml to its receiver class.
+
+Adding a sender kind is one module with a settings model and a receiver, plus one line here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from tidings.ingest.base import Receiver
+from tidings.ingest.segment import SegmentReceiver
+from tidings.ingest.standard_webhooks import StandardWebhooksReceiver
+
+RECEIVERS: dict[str, type[Receiver[Any]]] = {
+    cls.kind: cls
+    for cls in (
+        StandardWebhooksReceiver,
+        SegmentReceiver,
+    )
+}
+
+_models = tuple(cls.settings_model for cls in RECEIVERS.values())
+# `kind` picks the model, so an error names only that kind's keys (and an unknown kind lists the known).
+SourceSettingsUnion: Any = (
+    Annotated[Union[_models], Field(discriminator="kind")] if len(_models) > 1 else _models[0]  # noqa: UP007
+)
+
+
+def receiver_class(kind: str) -> type[Receiver[Any]]:
+    return RECEIVERS[kind]

@@ -1,0 +1,51 @@
+"""Prometheus metrics, one registry per running tidings (so tests and embedders don't collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tidings_ingest_requests_total",
+            "Webhook and tracking requests, by source and outcome "
+            "(accepted, duplicate, flagged, or the refusal's error code).",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.ack_seconds = Histogram(
+            "tidings_ingest_ack_seconds",
+            "Time from the request's arrival to its answer, for stored requests (includes the commit).",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.items = Counter(
+            "tidings_ingest_items_total", "Events stored in the inbox, by source.", ["source"], registry=r
+        )
+        self.duplicates = Counter(
+            "tidings_ingest_duplicates_total",
+            "Events recognised as re-deliveries and not stored again, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "tidings_ingest_rejections_total",
+            "Requests refused, by source and reason (the JSON error code).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.commit_batch_size = Histogram(
+            "tidings_inbox_commit_batch_size",
+            "Requests stored per group-commit transaction.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.pending_writes = Gauge(
+            "tidings_inbox_pending_writes", "Requests waiting for the next group commit.", registry=r
+        )

@@ -1,0 +1,141 @@
+"""The store: one SQLAlchemy engine, writes serialised on one thread, reads on a small pool.
+
+tidings speaks SQLAlchemy Core synchronously in worker threads rather than through an async
+driver: the sqlite3 and psycopg C drivers are fast, a group commit is one call, and the event loop
+never blocks. On SQLite, writers take the lock up front (`BEGIN IMMEDIATE`), so two writers never
+deadlock on a lock upgrade; WAL lets readers run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from tidings.exceptions import StoreError
+
+T = TypeVar("T")
+log = logging.getLogger("tidings.store")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> URL:
+    """`sqlite:///x.db` and `postgresql://...` in config; the drivers tidings ships with underneath."""
+    parsed = make_url(
+        url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
+    )
+    if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+pysqlite")
+    return parsed
+
+
+def display_url(url: str) -> str:
+    return normalise_url(url).render_as_string(hide_password=True)
+
+
+class Store:
+    """Owns the engine. Every stage reads and writes through `read` and `write`."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> None:
+        self.url = normalise_url(url)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine = self._sqlite_engine(sqlite_synchronous)
+        else:
+            self.engine = create_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidings-store-write")
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidings-store-read")
+
+    def _sqlite_engine(self, synchronous: str) -> Engine:
+        if self.url.database and self.url.database != ":memory:":
+            Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            immediate = conn.get_execution_options().get("tidings_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    # ---------------------------------------------------------------- synchronous core
+
+    def write_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction; commit if it returns, roll back if it raises."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(tidings_write=True)
+                with conn.begin():
+                    return fn(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store write failed: {type(exc).__name__}: {exc.__cause__ or exc}") from exc
+
+    def read_sync(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                return fn(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}: {exc.__cause__ or exc}") from exc
+
+    # ---------------------------------------------------------------- async faces
+
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.write_sync, fn)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.read_sync, fn)
+
+    async def ping(self) -> None:
+        await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar_one())
+
+    # ---------------------------------------------------------------- schema
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` with Alembic."""
+        from alembic import command
+
+        with self.engine.connect() as conn:
+            cfg = self.alembic_config(conn)
+            command.upgrade(cfg, revision)
+            conn.commit()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def alembic_config(self, conn: Connection) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,175 @@
+"""SQL of the inbox: the group commit of received requests, listing, and dedupe-key expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tidings.ingest.base import InboundRequest, Outcome, Reception
+from tidings.store.schema import dedupe_keys, inbox, requests
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    request: InboundRequest
+    reception: Reception
+
+
+def _insert_ignoring_duplicates(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(dedupe_keys).on_conflict_do_nothing()
+
+
+def commit_batch(
+    conn: Connection, batch: Sequence[Submission], now: datetime, dedupe_window: timedelta
+) -> list[Outcome]:
+    """Store every new item of every submission; report, per submission, what was new.
+
+    An item is a duplicate when any of its keys is already known: from an earlier commit (the
+    dedupe-key insert returns only the keys it added, which also settles races between
+    processes on PostgreSQL) or from an earlier item in this same batch.
+    """
+    in_batch: set[tuple[str, str]] = set()
+    candidates: list[tuple[int, int, list[tuple[str, str]]]] = []  # (submission, item, keys)
+    for s_index, sub in enumerate(batch):
+        for i_index, item in enumerate(sub.reception.items):
+            keys = [(sub.request.source, k) for k in item.keys]
+            if any(k in in_batch for k in keys):
+                continue
+            in_batch.update(keys)
+            candidates.append((s_index, i_index, keys))
+
+    added: set[tuple[str, str]] = set()
+    if in_batch:
+        expires = now + dedupe_window
+        rows = [{"source": s, "key": k, "first_seen_at": now, "expires_at": expires} for s, k in in_batch]
+        stmt = _insert_ignoring_duplicates(conn).returning(dedupe_keys.c.source, dedupe_keys.c.key)
+        added = {(r.source, r.key) for r in conn.execute(stmt, rows)}
+    fresh = [(s, i, keys) for s, i, keys in candidates if all(k in added for k in keys)]
+
+    with_news = sorted({s for s, _, _ in fresh})
+    request_ids: dict[int, int] = {}
+    if with_news:
+        rows = [_request_row(batch[s]) for s in with_news]
+        result = conn.execute(insert(requests).returning(requests.c.id, sort_by_parameter_order=True), rows)
+        request_ids = dict(zip(with_news, result.scalars(), strict=True))
+
+    item_ids: dict[int, list[int]] = {}
+    if fresh:
+        rows = [_inbox_row(batch[s], i, keys[0][1], request_ids[s]) for s, i, keys in fresh]
+        result = conn.execute(insert(inbox).returning(inbox.c.id, sort_by_parameter_order=True), rows)
+        for (s, _, _), item_id in zip(fresh, result.scalars(), strict=True):
+            item_ids.setdefault(s, []).append(item_id)
+
+    return [
+        Outcome(
+            accepted=len(item_ids.get(s, ())),
+            duplicates=len(sub.reception.items) - len(item_ids.get(s, ())),
+            flagged=sub.reception.flagged is not None,
+            ids=tuple(item_ids.get(s, ())),
+        )
+        for s, sub in enumerate(batch)
+    ]
+
+
+def _request_row(sub: Submission) -> dict[str, Any]:
+    req = sub.request
+    return {
+        "source": req.source,
+        "received_at": req.received_at,
+        "method": req.method,
+        "url": req.url,
+        "headers": dict(sub.reception.headers),
+        "body": req.body,
+    }
+
+
+def _inbox_row(sub: Submission, index: int, key: str, request_id: int) -> dict[str, Any]:
+    item = sub.reception.items[index]
+    return {
+        "request_id": request_id,
+        "source": sub.request.source,
+        "item_index": index,
+        "dedupe_key": key,
+        "topic": item.topic,
+        "payload": item.payload,
+        "received_at": sub.request.received_at,
+        "status": "flagged" if sub.reception.flagged else "pending",
+        "error": sub.reception.flagged,
+    }
+
+
+def purge_dedupe_keys(conn: Connection, now: datetime) -> int:
+    """Forget keys past their window; a sender retrying after that is treated as new."""
+    return conn.execute(delete(dedupe_keys).where(dedupe_keys.c.expires_at < now)).rowcount
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboxEntry:
+    id: int
+    request_id: int
+    source: str
+    topic: str | None
+    dedupe_key: str
+    received_at: datetime
+    status: str
+    error: str | None
+    size: int
+    headers: dict[str, str]
+    payload: bytes | None = None
+
+
+def list_entries(
+    conn: Connection,
+    *,
+    source: str | None = None,
+    status: str | None = None,
+    after_id: int | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+    with_payload: bool = False,
+) -> list[InboxEntry]:
+    """Newest first, unless `after_id` is given (then oldest first: tailing)."""
+    body = func.coalesce(inbox.c.payload, requests.c.body)
+    cols = [inbox, requests.c.headers, func.length(body).label("size")]
+    if with_payload:
+        cols.append(body.label("body"))
+    stmt = select(*cols).join(requests, requests.c.id == inbox.c.request_id)
+    if source is not None:
+        stmt = stmt.where(inbox.c.source == source)
+    if status is not None:
+        stmt = stmt.where(inbox.c.status == status)
+    if before_id is not None:
+        stmt = stmt.where(inbox.c.id < before_id)
+    if after_id is not None:
+        stmt = stmt.where(inbox.c.id > after_id).order_by(inbox.c.id.asc())
+    else:
+        stmt = stmt.order_by(inbox.c.id.desc())
+    return [
+        InboxEntry(
+            id=r.id,
+            request_id=r.request_id,
+            source=r.source,
+            topic=r.topic,
+            dedupe_key=r.dedupe_key,
+            received_at=r.received_at,
+            status=r.status,
+            error=r.error,
+            size=r.size,
+            headers=r.headers,
+            payload=r.body if with_payload else None,
+        )
+        for r in conn.execute(stmt.limit(limit))
+    ]
+
+
+def count_entries(conn: Connection) -> dict[str, int]:
+    return {
+        r.status: r.n
+        for r in conn.execute(select(inbox.c.status, func.count().label("n")).group_by(inbox.c.status))
+    }
