@@ -46,9 +46,11 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self.committing = 0  # requests in the transaction under way
 
     @property
     def pending(self) -> int:
+        """Requests waiting for the next transaction."""
         return len(self._queue)
 
     async def submit(self, request: InboundRequest, reception: Reception) -> Outcome:
@@ -86,21 +88,22 @@ class GroupCommitter:
     async def _commit(self, batch: list[tuple[Submission, asyncio.Future[Outcome]]]) -> None:
         subs = [sub for sub, _ in batch]
         self.metrics.commit_batch_size.observe(len(subs))
+        self.committing = len(subs)
         try:
             outcomes = await self.store.write(
                 partial(commit_batch, batch=subs, now=self.clock.now(), dedupe_window=self.dedupe_window)
             )
-        except StoreError as exc:
-            log.error("group commit failed", extra={"action": "commit_failed", "batch": len(subs)})
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
         except BaseException as exc:  # the batch must never be left waiting
+            log.error("group commit failed", extra={"action": "commit_failed", "batch": len(subs)})
+            failure = exc if isinstance(exc, StoreError) else StoreError(f"commit interrupted: {exc!r}")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(StoreError(f"commit interrupted: {exc!r}"))
-            raise
+                    future.set_exception(failure)
+            if not isinstance(exc, StoreError):
+                raise
+            return
+        finally:
+            self.committing = 0
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)

@@ -136,7 +136,7 @@ def list_entries(
 ) -> list[InboxEntry]:
     """Newest first, unless `after_id` is given (then oldest first: tailing)."""
     body = func.coalesce(inbox.c.payload, requests.c.body)
-    cols = [inbox, requests.c.headers, func.length(body).label("size")]
+    cols: list[Any] = [inbox, requests.c.headers, func.length(body).label("size")]
     if with_payload:
         cols.append(body.label("body"))
     stmt = select(*cols).join(requests, requests.c.id == inbox.c.request_id)
