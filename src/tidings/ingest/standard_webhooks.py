@@ -13,7 +13,7 @@ import binascii
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 
 from tidings.config import Duration, SecretList
 from tidings.exceptions import AuthenticationFailed
@@ -28,11 +28,11 @@ class StandardWebhooksSettings(SourceSettings):
 
     @field_validator("secrets")
     @classmethod
-    def _whsec(cls, secrets: list[object]) -> list[object]:
+    def _whsec(cls, secrets: list[SecretStr]) -> list[SecretStr]:
         if not secrets:
             raise ValueError("at least one secret is required")
         for secret in secrets:
-            _key(str(getattr(secret, "get_secret_value", lambda: secret)()))
+            _key(secret.get_secret_value())
         return secrets
 
 
