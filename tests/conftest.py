@@ -104,15 +104,21 @@ def settings_with(store_url: str, yaml_text: str = "", environ: dict[str, str] |
 
 @pytest.fixture
 def running(store_url: str, clock: FakeClock) -> Callable[..., Any]:
-    """`async with running(yaml) as (tidings, client):` a started tidings and a client bound to it."""
+    """`async with running(yaml) as (tidings, client):` a started tidings and a client bound to it.
+
+    The processing stage runs in the background only with `process=True`; otherwise a test drives
+    it (`await tidings.processor.drain()`), so what it asserts does not race with it.
+    """
 
     @asynccontextmanager
     async def start(
         yaml_text: str = "",
         environ: dict[str, str] | None = None,
+        *,
+        process: bool = False,
     ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient]]:
         settings = settings_with(store_url, yaml_text, environ)
-        async with Tidings(settings, clock=clock) as tidings:
+        async with Tidings(settings, clock=clock, process=process) as tidings:
             app = create_app(tidings, manage_lifecycle=False)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://tidings.test") as client:

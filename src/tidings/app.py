@@ -13,7 +13,10 @@ from tidings.config import Settings
 from tidings.ingest.base import Receiver
 from tidings.ingest.committer import GroupCommitter
 from tidings.ingest.registry import receiver_class
+from tidings.mapping.engine import Mapper
+from tidings.mapping.rules import preset
 from tidings.metrics import Metrics
+from tidings.processor import Processor
 from tidings.store import Store
 from tidings.store.inbox import purge_dedupe_keys
 
@@ -25,8 +28,9 @@ PURGE_EVERY_SECONDS = 300.0
 class Tidings:
     """Owns every long-lived part. Use `async with Tidings(settings) as tidings:`."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, process: bool = True) -> None:
         self.settings = settings
+        self.process = process  # run the processing stage here (off: ingest only, or tests drive it)
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.store = Store(settings.storage.url, sqlite_synchronous=settings.storage.sqlite_synchronous)
@@ -42,7 +46,19 @@ class Tidings:
             max_batch=settings.storage.max_commit_batch,
         )
         self.metrics.pending_writes.set_function(lambda: self.committer.pending)
+        self.processor = Processor(
+            self.store,
+            mappers={
+                name: Mapper([*cfg.mappings, *(preset(cfg.kind) if cfg.presets else ())])
+                for name, cfg in settings.sources.items()
+            },
+            computed=settings.profile.computed(),
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        self.committer.on_commit = self.processor.wake
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         if self.settings.storage.auto_migrate:
@@ -50,18 +66,21 @@ class Tidings:
             await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
         await self.store.ping()
         self.committer.start()
+        if self.process:
+            self.processor.start()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="tidings-dedupe-purge"))
 
     async def stop(self) -> None:
+        """Stop taking work, finish what was accepted, then close the store."""
         await self.committer.stop()
+        await self.processor.stop()
+        self._stopping.set()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task
         self.store.close()
 
     async def _purge_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 removed = await self.store.write(lambda conn: purge_dedupe_keys(conn, self.clock.now()))
                 if removed:
@@ -70,7 +89,9 @@ class Tidings:
                     )
             except Exception:
                 log.exception("dedupe purge failed", extra={"action": "dedupe_purge_failed"})
-            await asyncio.sleep(PURGE_EVERY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PURGE_EVERY_SECONDS):
+                    await self._stopping.wait()
 
     async def __aenter__(self) -> Tidings:
         await self.start()

@@ -54,6 +54,9 @@ def _secret_list(value: object) -> object:
     """A list of secrets may be given as one string; a `*_file` gives one secret per line."""
     if isinstance(value, str):
         return [line.strip() for line in value.splitlines() if line.strip()]
+    if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+        # An empty key would verify signatures anyone can make: usually an env var set to nothing.
+        raise ValueError("a secret is empty (is its environment variable set to an empty value?)")
     return value
 
 
@@ -126,6 +129,12 @@ def _source_settings() -> Any:
     return SourceSettingsUnion
 
 
+def _profile_settings() -> Any:
+    from tidings.profiles.traits import ProfileSettings
+
+    return ProfileSettings
+
+
 class Settings(ConfigModel):
     """The whole of tidings.yaml."""
 
@@ -134,7 +143,7 @@ class Settings(ConfigModel):
     sources: dict[Name, _source_settings()] = {}  # type: ignore[valid-type]
     # Sections owned by later stages; their place in the file is fixed now.
     destinations: dict[Name, dict[str, Any]] = {}
-    profile: dict[str, Any] = {}
+    profile: _profile_settings() = _profile_settings()()  # type: ignore[valid-type]
     flows: dict[Name, dict[str, Any]] = {}
     privacy: dict[str, Any] = {}
     sandbox: bool = False
@@ -151,6 +160,8 @@ class _Loader:
         self.environ = environ
         self.problems: list[ConfigProblem] = []
         self.base_dir = Path(file).resolve().parent
+        # Values left unknown by a problem above; validation errors about them would only repeat it.
+        self.voided: set[str] = set()
 
     def problem(self, line: int | None, path: str, message: str) -> None:
         self.problems.append(ConfigProblem(self.file, line, path, message))
@@ -168,9 +179,11 @@ class _Loader:
                     if target in node:
                         self.problem(key_line, sub, f"set either {target} or {key}, not both")
                         continue
-                    content = self.read_secret_file(resolved, sub, key_line)
+                    content = None if sub in self.voided else self.read_secret_file(resolved, sub, key_line)
                     if content is not None:
                         out[target] = content
+                    else:
+                        self.voided.add(sub)
                     continue
                 out[str(key)] = resolved
             return out
@@ -187,11 +200,13 @@ class _Loader:
             if match.group(0) == "$${":
                 return "${"
             name, default = match.group(1), match.group(2)
-            if name in self.environ:
-                return self.environ[name]
-            if default is not None:
+            value = self.environ.get(name)
+            if default is not None and not value:  # as in the shell: unset or empty
                 return default
+            if value is not None:
+                return value
             self.problem(line, path, f"environment variable {name} is not set")
+            self.voided.add(path)
             return ""
 
         return _ENV_REF.sub(replace, text) if "$" in text else text
@@ -212,9 +227,12 @@ def _line_of(tree: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
         if isinstance(node, CommentedMap):
             key = part if part in node else f"{part}_file" if f"{part}_file" in node else None
             if key is None:
-                continue  # a union tag or a missing key: the parent is the best place to point
+                if not (isinstance(part, str) and node.get("kind") == part):  # not the union tag
+                    parts.append(str(part))  # a missing key: named, at its parent's line
+                    node = None
+                continue
             line = node.lc.key(key)[0] + 1
-            parts.append(str(part))
+            parts.append(str(key))  # as written: `secrets_file` when the value came from a file
             node = node[key]
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
             line = node.lc.item(part)[0] + 1
@@ -227,11 +245,28 @@ def _line_of(tree: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
 
 def _pydantic_problems(file: str, tree: Any, error: ValidationError) -> Iterator[ConfigProblem]:
     for err in error.errors(include_url=False, include_input=False):
-        line, path = _line_of(tree, tuple(err["loc"]))
-        message = err["msg"]
+        loc, message = tuple(err["loc"]), err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            from tidings.ingest.registry import RECEIVERS
+
+            loc, known = (*loc, "kind"), ", ".join(RECEIVERS)
+            tag = (err.get("ctx") or {}).get("tag")
+            message = f"unknown kind {tag!r}; known kinds: {known}" if tag else f"Field required ({known})"
+        if loc and loc[-1] == "[key]":  # the key itself is wrong (a section or source name)
+            loc = loc[:-1]
+            if err["type"] == "string_pattern_mismatch":
+                message = "not a valid name: letters, digits, '_' and '-', at most 63"
+        line, path = _line_of(tree, loc)
         yield ConfigProblem(file, line, path, message)
+
+
+def _repeats(problem: ConfigProblem, voided: set[str]) -> bool:
+    """Whether a validation problem is about a value a loading problem already explained."""
+    return any(v == problem.path or v.startswith((f"{problem.path}.", f"{problem.path}[")) for v in voided)
 
 
 def load_settings(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Settings:
@@ -261,7 +296,8 @@ def parse_settings(text: str, file: str = "<string>", environ: dict[str, str] | 
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems = problems + list(_pydantic_problems(file, tree, exc))
+        found = _pydantic_problems(file, tree, exc)
+        problems = problems + [p for p in found if not _repeats(p, loader.voided)]
         settings = None
     if problems:
         raise ConfigurationError(sorted(problems, key=lambda p: (p.line or 0, p.path)))

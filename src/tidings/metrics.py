@@ -46,6 +46,20 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+        self.receipt_delay = Histogram(
+            "tidings_event_receipt_delay_seconds",
+            "How late events reach tidings: receipt time minus the event's occurred_at, by source.",
+            ["source"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+            registry=r,
+        )
+        self.processing_delay = Histogram(
+            "tidings_event_processing_delay_seconds",
+            "From receipt to the event applied to its profile, by source.",
+            ["source"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.pending_writes = Gauge(
             "tidings_inbox_pending_writes", "Requests waiting for the next group commit.", registry=r
         )

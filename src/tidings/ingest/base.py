@@ -20,6 +20,7 @@ from pydantic import Field
 from tidings.clock import Clock
 from tidings.config import ConfigModel
 from tidings.exceptions import MalformedPayload, UnsupportedMediaType
+from tidings.mapping.rules import MappingRule
 
 
 class SourceSettings(ConfigModel):
@@ -27,6 +28,9 @@ class SourceSettings(ConfigModel):
 
     kind: str
     max_body_bytes: int | None = Field(default=None, gt=0)
+    # Mapping to canonical events: these rules first, then (unless `presets: false`) the kind's own.
+    mappings: list[MappingRule] = []
+    presets: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

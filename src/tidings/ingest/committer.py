@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
@@ -47,6 +48,7 @@ class GroupCommitter:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.committing = 0  # requests in the transaction under way
+        self.on_commit: Callable[[], None] = lambda: None  # told after each successful commit
 
     @property
     def pending(self) -> int:
@@ -107,3 +109,4 @@ class GroupCommitter:
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+        self.on_commit()

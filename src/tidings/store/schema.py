@@ -95,3 +95,73 @@ dedupe_keys = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Index("ix_dedupe_keys_expires_at", "expires_at"),
 )
+
+# --------------------------------------------------------------------------- profiles
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("merged_into", Id, ForeignKey("profiles.id")),
+    Column("traits", JSON, nullable=False),  # field -> value
+    Column("trait_versions", JSON, nullable=False),  # field -> [occurred_at ISO, inbox id]
+    Column("consent", JSON, nullable=False),  # channel -> {state, at, source, inbox_id}
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("kind", String(100), primary_key=True),
+    Column("value", String(512), primary_key=True),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Index("ix_identities_profile_id", "profile_id"),
+)
+
+# The canonical event log: one row per mapped inbox item; later stages (flows) read it.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("inbox_id", Id, ForeignKey("inbox.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("applied_at", UTCDateTime(), nullable=False),
+    Column("identities", JSON, nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("traits", JSON, nullable=False),
+    Column("consent", JSON, nullable=False),
+    Index("ix_events_profile_id_occurred_at", "profile_id", "occurred_at"),
+)
+
+timeline = Table(
+    "timeline",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),  # when it happened (the event's occurred_at)
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    Column("kind", String(20), nullable=False),  # event | trait | consent | merge
+    Column("event_id", Id, ForeignKey("events.id", ondelete="CASCADE")),
+    Column("field", String(200)),
+    Column("old", JSON),
+    Column("new", JSON),
+    Column("detail", JSON),
+    Index("ix_timeline_profile_id_at", "profile_id", "at"),
+)
+
+profile_merges = Table(
+    "profile_merges",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("from_profile_id", Id, nullable=False),
+    Column("into_profile_id", Id, ForeignKey("profiles.id"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event_id", Id, ForeignKey("events.id", ondelete="SET NULL")),
+    Column("identities", JSON, nullable=False),
+)

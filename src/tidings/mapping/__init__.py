@@ -1,0 +1,1 @@
+"""Declarative mapping from what a sender posted to canonical CustomerEvents (JMESPath rules)."""

@@ -1,0 +1,193 @@
+"""The processing stage: claim stored inbox items, map them, apply them to profiles, in one transaction.
+
+Claiming and applying happen in the same transaction, so the claim is its own lease: a crash rolls
+everything back and the items are pending again (work repeats, nothing is lost or doubled). On
+PostgreSQL, claims use `FOR UPDATE SKIP LOCKED`, so several processes share the work; profile rows
+are locked while applied. Within a batch, events are applied in `occurred_at` order; across
+batches, the per-field versions make the outcome independent of order anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import DBAPIError
+
+from tidings.clock import Clock
+from tidings.events import CustomerEvent
+from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
+from tidings.metrics import Metrics
+from tidings.profiles.apply import ProfileWriter
+from tidings.profiles.traits import TraitRule
+from tidings.store import Store
+from tidings.store.schema import inbox, requests
+
+log = logging.getLogger("tidings.processor")
+
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """An event applied in a committed batch (for the freshness histograms)."""
+
+    source: str
+    occurred_at: datetime
+    received_at: datetime
+
+
+class Processor:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        mappers: Mapping[str, Mapper],
+        computed: Mapping[str, list[TraitRule]],
+        clock: Clock,
+        metrics: Metrics,
+        batch_size: int = 500,
+    ) -> None:
+        self.store = store
+        self.mappers = mappers
+        self.computed = computed
+        self.clock = clock
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        """New items were committed: look now rather than at the next poll."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ one batch
+
+    def process_batch(self, conn: Connection) -> list[Applied]:
+        """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
+        now = self.clock.now()
+        stmt = (
+            select(
+                inbox.c.id,
+                inbox.c.source,
+                inbox.c.topic,
+                inbox.c.received_at,
+                requests.c.headers,
+                func.coalesce(inbox.c.payload, requests.c.body).label("body"),
+            )
+            .join(requests, requests.c.id == inbox.c.request_id)
+            .where(inbox.c.status == "pending")
+            .order_by(inbox.c.id)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True, of=inbox)
+        )
+        rows = conn.execute(stmt).all()
+        outcome: dict[int, tuple[str, str | None]] = {}
+        mapped: list[CustomerEvent] = []
+        for row in rows:
+            result = self._map(row)
+            if isinstance(result, CustomerEvent):
+                mapped.append(result)
+            else:
+                outcome[row.id] = result
+        writer = ProfileWriter(conn, self.computed, now)
+        applied = []
+        for event in sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id)):
+            try:
+                with conn.begin_nested():
+                    writer.apply(event)
+            except DBAPIError:
+                raise  # a deadlock or a race on a new identity: the whole batch is retried
+            except Exception as exc:  # a bug or bad data in one event must not block the rest
+                log.exception(
+                    "applying an event failed", extra={"action": "apply_failed", "inbox_id": event.inbox_id}
+                )
+                outcome[event.inbox_id] = ("failed", f"applying failed: {type(exc).__name__}: {exc}")
+                continue
+            outcome[event.inbox_id] = ("processed", None)
+            applied.append(Applied(event.source, event.occurred_at, event.received_at))
+        for status in ("processed", "unmapped", "failed"):
+            for error in {e for s, e in outcome.values() if s == status}:
+                ids = [i for i, (s, e) in outcome.items() if s == status and e == error]
+                conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(status=status, error=error))
+        return applied
+
+    def _map(self, row: Any) -> CustomerEvent | tuple[str, str | None]:
+        mapper = self.mappers.get(row.source)
+        if mapper is None:
+            return ("failed", f"source {row.source!r} is no longer configured")
+        item = StoredItem(
+            inbox_id=row.id,
+            source=row.source,
+            topic=row.topic,
+            body=row.body,
+            headers=row.headers,
+            received_at=row.received_at,
+        )
+        try:
+            result = mapper.map(item)
+        except MappingError as exc:
+            return ("failed", f"mapping failed: {exc}")
+        if isinstance(result, Unmapped):
+            return ("unmapped", result.reason)
+        return result
+
+    async def run_once(self) -> int:
+        applied = await self.store.write(self.process_batch)
+        self._observe(applied)
+        return len(applied)
+
+    async def drain(self) -> None:
+        """Process until nothing is pending (for the CLI, tests and the simulator)."""
+        while await self.store.read(self._pending_exists):
+            await self.run_once()
+
+    @staticmethod
+    def _pending_exists(conn: Connection) -> bool:
+        return (
+            conn.execute(select(inbox.c.id).where(inbox.c.status == "pending").limit(1)).first() is not None
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="tidings-processor")
+
+    async def stop(self) -> None:
+        """Finish the batch under way (never cut a transaction short), then return."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                applied = await self.store.write(self.process_batch)
+            except Exception:
+                log.exception("processing batch failed; retrying", extra={"action": "process_failed"})
+                applied = []
+            self._observe(applied)
+            if len(applied) < self.batch_size and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._wake.wait()
+
+    def _observe(self, applied: list[Applied]) -> None:
+        now = self.clock.now()
+        for a in applied:
+            self.metrics.receipt_delay.labels(a.source).observe(
+                max(0.0, (a.received_at - a.occurred_at).total_seconds())
+            )
+            self.metrics.processing_delay.labels(a.source).observe(
+                max(0.0, (now - a.received_at).total_seconds())
+            )

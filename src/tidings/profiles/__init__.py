@@ -1,0 +1,1 @@
+"""Customer profiles: identity resolution, per-field versioned traits, computed traits, consent, timeline."""
