@@ -32,6 +32,9 @@ from tidings.store.schema import inbox, requests
 log = logging.getLogger("tidings.processor")
 
 POLL_SECONDS = 1.0
+# After a wake-up, wait this long so that several group commits are processed in one transaction,
+# rather than one processing transaction competing with every commit for the writer.
+LINGER_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,7 @@ class Processor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_SECONDS):
                         await self._wake.wait()
+                await asyncio.sleep(LINGER_SECONDS)
 
     def _observe(self, applied: list[Applied]) -> None:
         now = self.clock.now()

@@ -405,3 +405,32 @@ async def test_a_gzip_body_inflating_past_the_limit_is_413(running) -> None:
 def test_write_keys_are_checked_when_the_config_loads(keys, message) -> None:
     with pytest.raises(ConfigurationError, match=message):
         parse_settings(f"sources:\n  web:\n    kind: segment\n    write_keys: {keys}\n", "t.yaml", {})
+
+
+async def test_write_key_in_the_body_is_not_kept_in_the_store(running) -> None:
+    """The raw body is kept for audit, but a credential in it is not."""
+    from tests.conftest import inbox_rows
+
+    call = {"userId": "u1", "event": "Signed Up", "messageId": "m-wk", "writeKey": "wk-secret-1"}
+    async with running(_WK_CONFIG) as (tidings, client):
+        response = await client.post(
+            "/v1/track", content=json.dumps(call).encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 200
+        from sqlalchemy import select
+
+        from tidings.store.schema import requests
+
+        [body] = tidings.store.read_sync(lambda c: list(c.execute(select(requests.c.body)).scalars()))
+        assert b"wk-secret-1" not in body
+        assert json.loads(body)["event"] == "Signed Up"
+        [row] = inbox_rows(tidings)
+        assert b"wk-secret-1" not in row.payload
+
+
+_WK_CONFIG = """
+sources:
+  web:
+    kind: segment
+    write_keys: ["wk-secret-1"]
+"""

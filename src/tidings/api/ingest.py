@@ -12,7 +12,7 @@ from starlette.responses import Response
 from tidings.api.errors import ingest_error, store_error
 from tidings.exceptions import IngestError, StoreError, UnknownSource
 from tidings.ingest import segment
-from tidings.ingest.base import InboundRequest, Receiver, media_type_of
+from tidings.ingest.base import InboundRequest, media_type_of
 from tidings.ingest.service import Ingest, read_body
 
 router = APIRouter()
@@ -35,7 +35,7 @@ def _ingest(request: Request) -> Ingest:
     return ingest
 
 
-async def _inbound(request: Request, source: str, limit: int) -> InboundRequest:
+async def _inbound(ingest: Ingest, request: Request, source: str, limit: int) -> InboundRequest:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
     body = await read_body(headers, request.stream(), limit)
     return InboundRequest(
@@ -44,25 +44,48 @@ async def _inbound(request: Request, source: str, limit: int) -> InboundRequest:
         url=str(request.url),
         headers=headers,
         body=body,
-        received_at=_ingest(request).tidings.clock.now(),
+        received_at=ingest.tidings.clock.now(),
     )
 
 
-async def _answer(
-    request: Request, source: str, receiver: Receiver[Any] | None, started: float, limit: int | None = None
-) -> Response:
-    ingest = _ingest(request)
+async def handle_webhook(ingest: Ingest, request: Request, source: str) -> Response:
+    """POST /hooks/{source}: the checks in order, then the sender's answer."""
+    started = time.perf_counter()
     try:
-        if receiver is None:
-            receiver = ingest.receiver(source)
+        receiver = ingest.receiver(source)
         receiver.check_media_type(media_type_of(request.headers))
-        inbound = await _inbound(request, receiver.name, limit or ingest.body_limit(receiver))
+        inbound = await _inbound(ingest, request, receiver.name, ingest.body_limit(receiver))
         reply = await ingest.accept(receiver, inbound, started)
     except IngestError as exc:
         ingest.refused(source, exc)
         return ingest_error(exc)
     except StoreError as exc:
         ingest.refused(source, IngestError(str(exc), code="store_unavailable"))
+        return store_error(exc)
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+
+
+async def handle_tracking_call(ingest: Ingest, request: Request, call: str) -> Response:
+    """POST /v1/{call}: the source is the one whose write key the call carries."""
+    started = time.perf_counter()
+    try:
+        if call not in segment.CALLS:
+            raise UnknownSource(
+                f"/v1/{call} is not a tracking call; use one of {', '.join(segment.CALLS)}",
+                code="unknown_call",
+            )
+        receivers = [r for r in ingest.tidings.receivers.values() if isinstance(r, segment.SegmentReceiver)]
+        if not receivers:
+            raise UnknownSource("no source of kind segment is configured")
+        receivers[0].check_media_type(media_type_of(request.headers))
+        inbound = await _inbound(ingest, request, "", segment.body_limit(call))
+        receiver = segment.select_source(receivers, inbound)
+        reply = await ingest.accept(receiver, replace(inbound, source=receiver.name), started)
+    except IngestError as exc:
+        ingest.refused("segment", exc)
+        return ingest_error(exc)
+    except StoreError as exc:
+        ingest.refused("segment", IngestError(str(exc), code="store_unavailable"))
         return store_error(exc)
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
 
@@ -75,7 +98,7 @@ async def _answer(
 )
 async def receive_webhook(source: str, request: Request) -> Response:
     """Verify the sender's signature on the raw body, store durably, deduplicate, then answer 2xx."""
-    return await _answer(request, source, None, time.perf_counter())
+    return await handle_webhook(_ingest(request), request, source)
 
 
 @router.post(
@@ -86,24 +109,4 @@ async def receive_webhook(source: str, request: Request) -> Response:
 )
 async def receive_tracking_call(call: str, request: Request) -> Response:
     """Authenticated by write key (Basic auth or `writeKey` in the body); Segment's size limits apply."""
-    started = time.perf_counter()
-    ingest = _ingest(request)
-    try:
-        if call not in segment.CALLS:
-            raise UnknownSource(
-                f"/v1/{call} is not a tracking call; use one of {', '.join(segment.CALLS)}",
-                code="unknown_call",
-            )
-        receivers = [r for r in ingest.tidings.receivers.values() if isinstance(r, segment.SegmentReceiver)]
-        if not receivers:
-            raise UnknownSource("no source of kind segment is configured")
-        receivers[0].check_media_type(media_type_of(request.headers))
-        inbound = await _inbound(request, "", segment.body_limit(call))
-        receiver = segment.select_source(receivers, inbound)
-        reply = await ingest.accept(receiver, replace(inbound, source=receiver.name), started)
-    except IngestError as exc:
-        ingest.refused("segment", exc)
-        return ingest_error(exc)
-    except StoreError as exc:
-        return store_error(exc)
-    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+    return await handle_tracking_call(_ingest(request), request, call)

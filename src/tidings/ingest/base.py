@@ -68,6 +68,7 @@ class Reception:
     items: Sequence[Item]
     headers: Mapping[str, str] = field(default_factory=dict)
     flagged: str | None = None  # authentic but not interpretable: why
+    stored_body: bytes | None = None  # what to keep of the body instead, e.g. with a credential removed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -141,7 +141,7 @@ class SegmentReceiver(Receiver[SegmentSettings]):
         if call != "batch":
             problem = _problem(data, call)
             item = _item({**data, "type": call})
-            return self._reception(request, [item], [f"{call} call {problem}"] if problem else [])
+            return self._reception(request, data, [item], [f"{call} call {problem}"] if problem else [])
         calls = data.get("batch")
         if not isinstance(calls, list):
             return self.flag(request, "a batch call needs a `batch` array", topic=call)
@@ -152,7 +152,7 @@ class SegmentReceiver(Receiver[SegmentSettings]):
             items.append(_item(_merged(event, shared) if isinstance(event, dict) else event))
             if problem := _problem(event, None):
                 problems.append(f"#{index} {problem}")
-        return self._reception(request, items, problems)
+        return self._reception(request, data, items, problems)
 
     def reply(self, reception: Reception, outcome: Outcome) -> Reply:
         """Segment clients read only the status; `success` is what Segment's own API answers."""
@@ -164,12 +164,16 @@ class SegmentReceiver(Receiver[SegmentSettings]):
         }
         return Reply(status=200, body=json.dumps(body).encode())
 
-    def _reception(self, request: InboundRequest, items: list[Item], problems: list[str]) -> Reception:
+    def _reception(
+        self, request: InboundRequest, data: dict[str, Any], items: list[Item], problems: list[str]
+    ) -> Reception:
         flagged = None
         if problems:
             shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
             flagged = f"{len(problems)} of {len(items)} call(s) invalid, request held: {shown}"
-        return Reception(items=items, headers=self.keep_headers(request), flagged=flagged)
+        # The raw body is kept for audit, but not the write key in it: that is a credential.
+        stored = compact({k: v for k, v in data.items() if k != "writeKey"}) if "writeKey" in data else None
+        return Reception(items=items, headers=self.keep_headers(request), flagged=flagged, stored_body=stored)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from tidings.exceptions import IngestError, MalformedPayload, PayloadTooLarge, UnknownSource
-from tidings.ingest.base import InboundRequest, Receiver, Reply
+from tidings.ingest.base import InboundRequest, Outcome, Receiver, Reply
 
 log = logging.getLogger("tidings.ingest")
 
@@ -56,8 +56,11 @@ class Ingest:
     async def accept(self, receiver: Receiver[Any], request: InboundRequest, started: float) -> Reply:
         """Verify, store and answer. `started` is the perf_counter at arrival (for the ack histogram)."""
         reception = receiver.receive(request)
-        outcome = await self.tidings.committer.submit(request, reception)
         source = receiver.name
+        if not reception.items:  # e.g. WooCommerce's ping on webhook creation: nothing to keep
+            self.metrics.requests.labels(source, "empty").inc()
+            return receiver.reply(reception, Outcome(accepted=0, duplicates=0))
+        outcome = await self.tidings.committer.submit(request, reception)
         if outcome.flagged:
             outcome_label = "flagged"
             log.warning(
@@ -83,7 +86,7 @@ class Ingest:
         label = source if source in self.tidings.receivers else "unknown"
         self.metrics.requests.labels(label, error.code).inc()
         self.metrics.rejections.labels(label, error.code).inc()
-        log.info(
+        log.debug(  # at debug: under a flood of refusals, logging each would add to the load
             "request refused",
             extra={"action": "ingest_refused", "source": label, "status": error.status, "error": error.code},
         )

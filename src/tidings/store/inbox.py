@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, Table, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.ingest.base import InboundRequest, Outcome, Reception
@@ -38,7 +39,7 @@ def commit_batch(
     candidates: list[tuple[int, int, list[tuple[str, str]]]] = []  # (submission, item, keys)
     for s_index, sub in enumerate(batch):
         for i_index, item in enumerate(sub.reception.items):
-            keys = [(sub.request.source, k) for k in item.keys]
+            keys = [(sub.request.source, _bounded(k)) for k in item.keys]
             if any(k in in_batch for k in keys):
                 continue
             in_batch.update(keys)
@@ -53,18 +54,13 @@ def commit_batch(
     fresh = [(s, i, keys) for s, i, keys in candidates if all(k in added for k in keys)]
 
     with_news = sorted({s for s, _, _ in fresh})
-    request_ids: dict[int, int] = {}
-    if with_news:
-        rows = [_request_row(batch[s]) for s in with_news]
-        result = conn.execute(insert(requests).returning(requests.c.id, sort_by_parameter_order=True), rows)
-        request_ids = dict(zip(with_news, result.scalars(), strict=True))
-
+    request_ids = dict(
+        zip(with_news, _insert_all(conn, requests, [_request_row(batch[s]) for s in with_news]), strict=True)
+    )
+    rows = [_inbox_row(batch[s], i, keys[0][1], request_ids[s]) for s, i, keys in fresh]
     item_ids: dict[int, list[int]] = {}
-    if fresh:
-        rows = [_inbox_row(batch[s], i, keys[0][1], request_ids[s]) for s, i, keys in fresh]
-        result = conn.execute(insert(inbox).returning(inbox.c.id, sort_by_parameter_order=True), rows)
-        for (s, _, _), item_id in zip(fresh, result.scalars(), strict=True):
-            item_ids.setdefault(s, []).append(item_id)
+    for (s, _, _), item_id in zip(fresh, _insert_all(conn, inbox, rows), strict=True):
+        item_ids.setdefault(s, []).append(item_id)
 
     return [
         Outcome(
@@ -77,6 +73,24 @@ def commit_batch(
     ]
 
 
+def _insert_all(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows, returning their ids in order, in as few statements as the backend allows.
+
+    SQLite cannot return ids from a multi-row insert in a guaranteed order, so SQLAlchemy would
+    insert row by row; but the group commit holds SQLite's write lock (BEGIN IMMEDIATE), so the
+    next ids are ours to assign and one executemany does it. PostgreSQL returns them batched.
+    """
+    if not rows:
+        return []
+    if conn.dialect.name == "sqlite":
+        first = conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one() + 1
+        ids = list(range(first, first + len(rows)))
+        conn.execute(insert(table), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+        return ids
+    result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
+    return list(result.scalars())
+
+
 def _request_row(sub: Submission) -> dict[str, Any]:
     req = sub.request
     return {
@@ -85,23 +99,33 @@ def _request_row(sub: Submission) -> dict[str, Any]:
         "method": req.method,
         "url": req.url,
         "headers": dict(sub.reception.headers),
-        "body": req.body,
+        "body": req.body if sub.reception.stored_body is None else sub.reception.stored_body,
     }
 
 
 def _inbox_row(sub: Submission, index: int, key: str, request_id: int) -> dict[str, Any]:
     item = sub.reception.items[index]
+    topic = item.topic if item.topic is None or len(item.topic) <= TOPIC_MAX else item.topic[:TOPIC_MAX]
     return {
         "request_id": request_id,
         "source": sub.request.source,
         "item_index": index,
         "dedupe_key": key,
-        "topic": item.topic,
+        "topic": topic,
         "payload": item.payload,
         "received_at": sub.request.received_at,
         "status": "flagged" if sub.reception.flagged else "pending",
         "error": sub.reception.flagged,
     }
+
+
+KEY_MAX = 400  # the columns hold 512; ids from headers are not covered by any signature
+TOPIC_MAX = 200
+
+
+def _bounded(key: str) -> str:
+    """A sender's id as a dedupe key; an absurdly long one is replaced by its hash."""
+    return key if len(key) <= KEY_MAX else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def purge_dedupe_keys(conn: Connection, now: datetime) -> int:
