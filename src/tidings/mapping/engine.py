@@ -142,7 +142,14 @@ class Mapper:
         )
 
 
-def _fields(expressions: Mapping[str, str], document: dict[str, Any], section: str) -> dict[str, Any]:
+def _fields(expressions: Mapping[str, str] | str, document: dict[str, Any], section: str) -> dict[str, Any]:
+    if isinstance(expressions, str):
+        whole = _eval(expressions, document, section)
+        if whole is None:
+            return {}
+        if not isinstance(whole, dict):
+            raise MappingError(f"{section}: the expression gave {type(whole).__name__}, not an object")
+        return {k: v for k, v in whole.items() if v is not None}
     out = {}
     for key, expression in expressions.items():
         value = _eval(expression, document, f"{section}.{key}")

@@ -81,8 +81,9 @@ class MappingRule(ConfigModel):
     event_from: Expression | None = None
     occurred_at: Expression | None = None
     identities: dict[str, Expression] = {}
-    traits: dict[str, Expression] = {}
-    properties: dict[str, Expression] = {}
+    # Each either a mapping of names to expressions, or one expression giving the whole object.
+    traits: dict[str, Expression] | Expression = {}
+    properties: dict[str, Expression] | Expression = {}
     consent: dict[str, Expression] = {}
     skip: bool = False  # a topic deliberately not turned into an event
 

@@ -1,0 +1,112 @@
+"""Reading profiles and timelines (for the admin API, the CLI and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from tidings.events import IdentityError, normalise_identity
+from tidings.store.schema import identities, profiles, timeline
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileView:
+    id: int
+    created_at: datetime
+    updated_at: datetime
+    traits: dict[str, Any]
+    consent: dict[str, dict[str, Any]]
+    identities: list[str]
+    merged_from: list[int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimelineEntry:
+    id: int
+    at: datetime
+    kind: str
+    event_id: int | None
+    field: str | None
+    old: Any
+    new: Any
+    detail: Any
+
+
+def resolve(conn: Connection, ref: str) -> int | None:
+    """A profile id from `ref`: a numeric id (following merges), an email, or `kind:value`."""
+    if ref.isdigit():
+        pid: int | None = int(ref)
+        seen = set()
+        while pid is not None and pid not in seen:
+            seen.add(pid)
+            row = conn.execute(
+                select(profiles.c.id, profiles.c.merged_into).where(profiles.c.id == pid)
+            ).first()
+            if row is None:
+                return None
+            if row.merged_into is None:
+                return int(row.id)
+            pid = row.merged_into
+        return None
+    kind, sep, value = ref.partition(":")
+    if not sep or "@" in kind:
+        kind, value = "email", ref
+    try:
+        value = normalise_identity(kind, value)
+    except IdentityError:
+        return None
+    found = conn.execute(
+        select(identities.c.profile_id).where(identities.c.kind == kind, identities.c.value == value)
+    ).scalar()
+    return int(found) if found is not None else None
+
+
+def load(conn: Connection, pid: int) -> ProfileView | None:
+    row = conn.execute(select(profiles).where(profiles.c.id == pid)).first()
+    if row is None:
+        return None
+    ids = conn.execute(
+        select(identities.c.kind, identities.c.value)
+        .where(identities.c.profile_id == pid)
+        .order_by(identities.c.kind, identities.c.value)
+    )
+    merged = conn.execute(select(profiles.c.id).where(profiles.c.merged_into == pid).order_by(profiles.c.id))
+    consent = {
+        channel: {k: v for k, v in entry.items() if k != "version"} for channel, entry in row.consent.items()
+    }
+    return ProfileView(
+        id=row.id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        traits=row.traits,
+        consent=consent,
+        identities=[f"{r.kind}:{r.value}" for r in ids],
+        merged_from=list(merged.scalars()),
+    )
+
+
+def load_timeline(conn: Connection, pid: int, *, limit: int = 100, offset: int = 0) -> list[TimelineEntry]:
+    """Newest first: by when it happened, then by when it was recorded."""
+    stmt = (
+        select(timeline)
+        .where(timeline.c.profile_id == pid)
+        .order_by(timeline.c.at.desc(), timeline.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [
+        TimelineEntry(
+            id=r.id,
+            at=r.at,
+            kind=r.kind,
+            event_id=r.event_id,
+            field=r.field,
+            old=r.old,
+            new=r.new,
+            detail=r.detail,
+        )
+        for r in conn.execute(stmt)
+    ]
