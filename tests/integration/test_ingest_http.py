@@ -244,3 +244,28 @@ async def test_openapi_describes_ingest_and_admin(running) -> None:
         assert {"/hooks/{source}", "/v1/{call}", "/api/v1/events", "/healthz", "/readyz"} <= set(
             spec["paths"]
         )
+
+
+async def test_bodies_and_secrets_never_reach_the_logs(running, clock, caplog) -> None:
+    import logging
+
+    from tests.integration.test_standard_webhooks import SECRET
+    from tidings.logging import JsonFormatter
+
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    marker = "ann.secret-address@example.com"
+    good = json.dumps({"type": "t", "email": marker}).encode()
+    broken = b'{"type": "t", "email": "' + marker.encode() + b'"'
+    async with running(CONFIG) as (_, client):
+        await client.post("/hooks/app", content=good, headers=signed(good, "l1", clock.now()))
+        await client.post("/hooks/app", content=broken, headers=signed(broken, "l2", clock.now()))
+        await client.post(
+            "/hooks/app",
+            content=good,
+            headers={**signed(good, "l3", clock.now()), "webhook-signature": "v1,AAAA"},
+        )
+    assert caplog.records  # the refusal and the flag were logged
+    formatter = JsonFormatter()
+    text_ = "\n".join(formatter.format(r) for r in caplog.records)
+    assert marker not in text_
+    assert SECRET.removeprefix("whsec_") not in text_

@@ -51,9 +51,12 @@ def resolve(conn: Connection, ref: str) -> int | None:
                 return int(row.id)
             pid = row.merged_into
         return None
-    kind, sep, value = ref.partition(":")
-    if not sep or "@" in kind:
+    if "@" in ref.split(":", 1)[0] or ":" not in ref:
         kind, value = "email", ref
+    elif ref.startswith("email:"):
+        kind, value = "email", ref[len("email:") :]
+    else:  # per-source kinds hold a colon themselves: shopify:customer:123
+        kind, _, value = ref.rpartition(":")
     try:
         value = normalise_identity(kind, value)
     except IdentityError:
