@@ -7,6 +7,7 @@ business; the group committer does that for all receivers alike.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from tidings.clock import Clock
-from tidings.config import ConfigModel
+from tidings.config import ConfigModel, SecretList
 from tidings.exceptions import MalformedPayload, UnsupportedMediaType
 from tidings.mapping.rules import MappingRule
 
@@ -31,6 +32,21 @@ class SourceSettings(ConfigModel):
     # Mapping to canonical events: these rules first, then (unless `presets: false`) the kind's own.
     mappings: list[MappingRule] = []
     presets: bool = True
+
+
+class SignedSourceSettings(SourceSettings):
+    """A source whose sender signs with a shared secret: a list, so one can be rotated in."""
+
+    secrets: SecretList
+
+    @field_validator("secrets")
+    @classmethod
+    def _present(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        if not secrets:
+            raise ValueError("at least one secret is required")
+        if any(not s.get_secret_value().strip() for s in secrets):
+            raise ValueError("a secret must not be empty")
+        return secrets
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +121,12 @@ class Receiver(ABC, Generic[S]):
         self.name = name
         self.settings = settings
         self.clock = clock
+
+    @functools.cached_property
+    def keys(self) -> list[bytes]:
+        """The configured secrets as HMAC keys (for signed kinds)."""
+        secrets: list[SecretStr] = getattr(self.settings, "secrets", [])
+        return [s.get_secret_value().encode() for s in secrets]
 
     def check_media_type(self, media_type: str) -> None:
         """Refuse a content type this sender never uses (415), before reading the body."""

@@ -24,12 +24,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, field_validator
+from pydantic import field_validator
 
-from tidings.config import Duration, SecretList
+from tidings.config import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
-from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SourceSettings, compact, parse_json
+from tidings.ingest.base import (
+    InboundRequest,
+    Item,
+    Receiver,
+    Reception,
+    SignedSourceSettings,
+    compact,
+    parse_json,
+)
 
 Version = Literal["v1", "v2", "v3"]
 
@@ -52,24 +60,16 @@ _V3_ESCAPES = {
 _V3_ESCAPE = re.compile("|".join(_V3_ESCAPES), re.IGNORECASE)
 
 
-class HubSpotSettings(SourceSettings):
+class HubSpotSettings(SignedSourceSettings):
+    """`secrets`: the app's client secret."""
+
     kind: Literal["hubspot"]
-    secrets: SecretList = []
     # All three by default: HubSpot documents that CRM-object webhook deliveries carry a v1
     # signature, and answers 401 are never retried, so a v3-only default could lose every event
     # of such an app without a trace. Set [v3] once your deliveries show X-HubSpot-Signature-v3.
     signature_versions: list[Version] = ["v1", "v2", "v3"]
     tolerance: Duration = timedelta(seconds=300)
     public_url: str | None = None
-
-    @field_validator("secrets")
-    @classmethod
-    def _some(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        if not secrets:
-            raise ValueError("at least one secret is required (the app's client secret)")
-        if any(not s.get_secret_value().strip() for s in secrets):
-            raise ValueError("a secret must not be empty")
-        return secrets
 
     @field_validator("signature_versions")
     @classmethod
@@ -130,10 +130,6 @@ class HubSpotReceiver(Receiver[HubSpotSettings]):
         "user-agent",
     )
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._keys = [s.get_secret_value().encode() for s in self.settings.secrets]
-
     def receive(self, request: InboundRequest) -> Reception:
         self._verify(request)
         try:
@@ -193,7 +189,7 @@ class HubSpotReceiver(Receiver[HubSpotSettings]):
         # Both forms are tried, so either sender behaviour verifies (each needs the secret).
         uris = dict.fromkeys((uri, v3_uri(uri)))
         expected = [
-            v3_signature(key, request.method, u, request.body, stamp) for key in self._keys for u in uris
+            v3_signature(key, request.method, u, request.body, stamp) for key in self.keys for u in uris
         ]
         if not signing.any_match(expected, [received]):
             raise AuthenticationFailed("X-HubSpot-Signature-v3 does not match a configured secret")
@@ -204,7 +200,7 @@ class HubSpotReceiver(Receiver[HubSpotSettings]):
         except ValueError as exc:
             raise AuthenticationFailed("X-HubSpot-Signature is not hex") from exc
         uri = self.signed_uri(request)
-        expected = (legacy_signature(key, version, request.method, uri, request.body) for key in self._keys)
+        expected = (legacy_signature(key, version, request.method, uri, request.body) for key in self.keys)
         if not signing.any_match(expected, [received]):
             raise AuthenticationFailed(f"X-HubSpot-Signature ({version}) does not match a configured secret")
 

@@ -16,7 +16,6 @@ from typing import Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.config import SecretList
 from tidings.exceptions import AuthenticationFailed, MalformedPayload
 from tidings.ingest import signing
 from tidings.ingest.base import (
@@ -24,7 +23,7 @@ from tidings.ingest.base import (
     Item,
     Receiver,
     Reception,
-    SourceSettings,
+    SignedSourceSettings,
     content_key,
     parse_json,
 )
@@ -42,19 +41,14 @@ MAX_ID = 200
 MAX_TOPIC = 200
 
 
-class ShopifySettings(SourceSettings):
+class ShopifySettings(SignedSourceSettings):
     kind: Literal["shopify"]
-    secrets: SecretList
 
     @field_validator("secrets")
     @classmethod
     def _client_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        if not secrets:
-            raise ValueError("at least one secret (the app's client secret) is required")
         for secret in secrets:
             value = secret.get_secret_value()
-            if not value.strip():
-                raise ValueError("a secret must not be empty")
             if value.startswith(_TOKEN_PREFIXES):
                 raise ValueError(
                     f"a secret starting {value[:6]} is an Admin API access token; "
@@ -86,10 +80,6 @@ class ShopifyReceiver(Receiver[ShopifySettings]):
         "content-type",
         "user-agent",
     )
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._keys = [s.get_secret_value().encode() for s in self.settings.secrets]
 
     def receive(self, request: InboundRequest) -> Reception:
         self._verify(request)
@@ -123,7 +113,7 @@ class ShopifyReceiver(Receiver[ShopifySettings]):
                 continue
         if not received:
             raise AuthenticationFailed("X-Shopify-Hmac-Sha256 is not base64")
-        expected = (signing.hmac_sha256(key, request.body) for key in self._keys)
+        expected = (signing.hmac_sha256(key, request.body) for key in self.keys)
         if not signing.any_match(expected, received):
             raise AuthenticationFailed(
                 "X-Shopify-Hmac-Sha256 does not match the body signed with any configured secret"

@@ -15,22 +15,19 @@ from typing import Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.config import Duration, SecretList
+from tidings.config import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
-from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SourceSettings, parse_json
+from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SignedSourceSettings, parse_json
 
 
-class StandardWebhooksSettings(SourceSettings):
+class StandardWebhooksSettings(SignedSourceSettings):
     kind: Literal["standard-webhooks"]
-    secrets: SecretList
     tolerance: Duration = timedelta(minutes=5)
 
     @field_validator("secrets")
     @classmethod
     def _whsec(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        if not secrets:
-            raise ValueError("at least one secret is required")
         for secret in secrets:
             _key(secret.get_secret_value())
         return secrets

@@ -13,22 +13,19 @@ from typing import Any, Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.config import Duration, SecretList
+from tidings.config import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
-from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SourceSettings, parse_json
+from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SignedSourceSettings, parse_json
 
 
-class StripeSettings(SourceSettings):
+class StripeSettings(SignedSourceSettings):
     kind: Literal["stripe"]
-    secrets: SecretList = []
     tolerance: Duration = timedelta(seconds=300)
 
     @field_validator("secrets")
     @classmethod
     def _whsec(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        if not secrets:
-            raise ValueError("at least one secret is required (the endpoint's signing secret, whsec_...)")
         for secret in secrets:
             if not secret.get_secret_value().startswith("whsec_"):
                 # The usual mistake is pasting an API key (sk_..., rk_...): it would never verify.
@@ -66,10 +63,6 @@ class StripeReceiver(Receiver[StripeSettings]):
     settings_model = StripeSettings
     kept_headers = ("content-type", "user-agent")
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._keys = [s.get_secret_value().encode() for s in self.settings.secrets]
-
     def receive(self, request: InboundRequest) -> Reception:
         self._verify(request)
         try:
@@ -104,7 +97,7 @@ class StripeReceiver(Receiver[StripeSettings]):
         if not received:
             raise AuthenticationFailed("Stripe-Signature holds no v1 signature")
         content = f"{timestamp}.".encode() + request.body
-        expected = (signing.hmac_sha256(key, content) for key in self._keys)
+        expected = (signing.hmac_sha256(key, content) for key in self.keys)
         if not signing.any_match(expected, received):
             raise AuthenticationFailed("no v1 signature in Stripe-Signature matches a configured secret")
 

@@ -18,9 +18,6 @@ import binascii
 import re
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
-
-from tidings.config import SecretList
 from tidings.exceptions import AuthenticationFailed, MalformedPayload
 from tidings.ingest import signing
 from tidings.ingest.base import (
@@ -30,7 +27,7 @@ from tidings.ingest.base import (
     Receiver,
     Reception,
     Reply,
-    SourceSettings,
+    SignedSourceSettings,
     content_key,
     parse_json,
 )
@@ -43,18 +40,10 @@ MAX_ID = 200
 MAX_TOPIC = 200
 
 
-class WooCommerceSettings(SourceSettings):
-    kind: Literal["woocommerce"]
-    secrets: SecretList
+class WooCommerceSettings(SignedSourceSettings):
+    """`secrets`: the webhook's Secret field (WooCommerce > Settings > Advanced > Webhooks)."""
 
-    @field_validator("secrets")
-    @classmethod
-    def _webhook_secrets(cls, secrets: list[SecretStr]) -> list[SecretStr]:
-        if not secrets:
-            raise ValueError("at least one secret (the webhook's Secret field) is required")
-        if any(not s.get_secret_value().strip() for s in secrets):
-            raise ValueError("a secret must not be empty")
-        return secrets
+    kind: Literal["woocommerce"]
 
 
 class WooCommerceReceiver(Receiver[WooCommerceSettings]):
@@ -71,10 +60,6 @@ class WooCommerceReceiver(Receiver[WooCommerceSettings]):
         "content-type",
         "user-agent",
     )
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._keys = [s.get_secret_value().encode() for s in self.settings.secrets]
 
     def receive(self, request: InboundRequest) -> Reception:
         signature = request.header("x-wc-webhook-signature")
@@ -109,7 +94,7 @@ class WooCommerceReceiver(Receiver[WooCommerceSettings]):
             received = base64.b64decode(header.strip(), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise AuthenticationFailed("X-WC-Webhook-Signature is not base64") from exc
-        expected = (signing.hmac_sha256(key, body) for key in self._keys)
+        expected = (signing.hmac_sha256(key, body) for key in self.keys)
         if not signing.any_match(expected, [received]):
             raise AuthenticationFailed(
                 "X-WC-Webhook-Signature does not match the body signed with any configured secret"
