@@ -83,9 +83,10 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     store = Store(url)
     try:
         store.upgrade()
-        store.write_sync(
-            lambda conn: conn.execute(text("TRUNCATE requests, inbox, dedupe_keys RESTART IDENTITY CASCADE"))
-        )
+        from tidings.store.schema import metadata
+
+        tables = ", ".join(t.name for t in metadata.sorted_tables)
+        store.write_sync(lambda conn: conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")))
     finally:
         store.close()
     return url

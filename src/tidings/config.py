@@ -12,12 +12,9 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,48 +24,25 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from tidings.configmodel import ConfigModel, Duration, Name, SecretList, parse_duration
 from tidings.exceptions import ConfigProblem, ConfigurationError
+from tidings.ingest.registry import SourceSettingsUnion
+from tidings.profiles.traits import ProfileSettings
+
+# Re-exported: settings models across tidings build on these.
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "ConfigModel",
+    "Duration",
+    "Name",
+    "SecretList",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+]
 
 DEFAULT_CONFIG_FILE = "tidings.yaml"
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: object) -> object:
-    """Accept `90`, `90s`, `30m`, `1h30m`, `7d`, `250ms` as well as what pydantic accepts."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        parts = _DURATION.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
-        if text.isdigit():
-            return timedelta(seconds=int(text))
-        raise ValueError(f"not a duration: {value!r} (use e.g. 300s, 30m, 7d)")
-    return value
-
-
-def _secret_list(value: object) -> object:
-    """A list of secrets may be given as one string; a `*_file` gives one secret per line."""
-    if isinstance(value, str):
-        return [line.strip() for line in value.splitlines() if line.strip()]
-    if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
-        # An empty key would verify signatures anyone can make: usually an env var set to nothing.
-        raise ValueError("a secret is empty (is its environment variable set to an empty value?)")
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-SecretList = Annotated[list[SecretStr], BeforeValidator(_secret_list)]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
-
-
-class ConfigModel(BaseModel):
-    """Base of every settings model: unknown keys are errors (they are usually typos)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AdminToken(ConfigModel):
@@ -123,27 +97,15 @@ class StorageSettings(ConfigModel):
         return value
 
 
-def _source_settings() -> Any:
-    from tidings.ingest.registry import SourceSettingsUnion
-
-    return SourceSettingsUnion
-
-
-def _profile_settings() -> Any:
-    from tidings.profiles.traits import ProfileSettings
-
-    return ProfileSettings
-
-
 class Settings(ConfigModel):
     """The whole of tidings.yaml."""
 
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
-    sources: dict[Name, _source_settings()] = {}  # type: ignore[valid-type]
+    sources: dict[Name, SourceSettingsUnion] = {}
     # Sections owned by later stages; their place in the file is fixed now.
     destinations: dict[Name, dict[str, Any]] = {}
-    profile: _profile_settings() = _profile_settings()()  # type: ignore[valid-type]
+    profile: ProfileSettings = ProfileSettings()
     flows: dict[Name, dict[str, Any]] = {}
     privacy: dict[str, Any] = {}
     sandbox: bool = False

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
+from tidings.api import profiles
 from tidings.api.auth import require
 from tidings.store.inbox import InboxEntry, list_entries
 
@@ -79,3 +80,7 @@ async def list_events(
     )
     more = len(entries) == limit and after_id is None
     return EventPage(events=[_out(e) for e in entries], next_before_id=entries[-1].id if more else None)
+
+
+# GET /api/v1/profiles/{ref} and /api/v1/profiles/{ref}/timeline
+router.include_router(profiles.router)

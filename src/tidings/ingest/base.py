@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import Field, SecretStr, field_validator
 
 from tidings.clock import Clock
-from tidings.config import ConfigModel, SecretList
+from tidings.configmodel import ConfigModel, SecretList
 from tidings.exceptions import MalformedPayload, UnsupportedMediaType
 from tidings.mapping.rules import MappingRule
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
-from tidings.config import Duration
+from tidings.configmodel import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
 from tidings.ingest.base import (

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr, field_validator
 
-from tidings.config import SecretList
+from tidings.configmodel import SecretList
 from tidings.exceptions import (
     AuthenticationFailed,
     MalformedPayload,

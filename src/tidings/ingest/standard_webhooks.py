@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.config import Duration
+from tidings.configmodel import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
 from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SignedSourceSettings, parse_json

@@ -19,11 +19,41 @@ from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, Field, TypeAdapter, model_validator
 from ruamel.yaml import YAML
 
-from tidings.config import ConfigModel
+from tidings.configmodel import ConfigModel
+
+# Currencies whose amounts Stripe's API counts in units (no cents) or in thousandths.
+_ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+_THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
 
 
 class _Functions(functions.Functions):
-    """A few string helpers JMESPath lacks; pure functions only."""
+    """A few helpers JMESPath lacks; pure functions only.
+
+    `upper` and `from_items` take JMESPath Community's names, so a later switch to that dialect
+    keeps configs working.
+    """
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_upper(self, value: str | None) -> str | None:
+        return value.upper() if value is not None else None
+
+    @functions.signature({"types": ["array", "null"]})
+    def _func_from_items(self, pairs: list[Any] | None) -> dict[str, Any] | None:
+        """`[[key, value], ...]` as an object: the one way to make a key from the payload."""
+        if pairs is None:
+            return None
+        return {p[0]: p[1] for p in pairs if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)}
+
+    @functions.signature({"types": ["number", "null"]}, {"types": ["string", "null"]})
+    def _func_from_minor_units(self, amount: float | None, currency: str | None) -> float | None:
+        """An amount in minor units (cents) in major units, by the currency's exponent."""
+        if amount is None:
+            return None
+        code = (currency or "").lower()
+        if code in _ZERO_DECIMAL:
+            return float(amount)
+        digits = 3 if code in _THREE_DECIMAL else 2
+        return round(float(amount) / (10.0**digits), digits)
 
     @functions.signature({"types": ["string", "null"]})
     def _func_lower(self, value: str | None) -> str | None:

@@ -13,6 +13,7 @@ deterministically, and the merge is recorded.
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,27 +286,51 @@ class ProfileWriter:
             self._note(profile, event, "trait", trait, old, result, event_id)
 
     def _contributions(self, pid: int, rules: Sequence[TraitRule]) -> list[Any]:
-        """What each of the customer's events gives an aggregate trait (1 each for a count)."""
+        """What each of the customer's events gives an aggregate trait (1 each for a count).
+
+        With `distinct`, events sharing a key give one contribution: the latest event's.
+        """
         names = {n for r in rules for n in r.names}
         stmt = select(
-            events.c.name, events.c.occurred_at, events.c.source, events.c.properties, events.c.traits
+            events.c.name,
+            events.c.occurred_at,
+            events.c.inbox_id,
+            events.c.source,
+            events.c.properties,
+            events.c.traits,
         ).where(events.c.profile_id == pid)
         if "*" not in names:
             stmt = stmt.where(events.c.name.in_(names))
-        values: list[Any] = []
+        loose: list[Any] = []
+        keyed: dict[tuple[int, str], tuple[tuple[datetime, int], Any]] = {}
         for row in self.conn.execute(stmt):
             doc = _event_doc(row.name, row.occurred_at, row.source, row.properties, row.traits)
-            for rule in rules:
+            for index, rule in enumerate(rules):
                 if not _listens(rule, row.name) or (rule.when is not None and not evaluate(rule.when, doc)):
                     continue
-                value = 1 if rule.keep == "count" else evaluate(rule.value or "", doc)
-                if rule.keep == "sum":
-                    value = _number(value)
-                    if value is not None and rule.negate:
-                        value = -value
-                if value is not None:
-                    values.append(value)
-        return values
+                value = self._contribution(rule, doc)
+                if value is None:
+                    continue
+                key = evaluate(rule.distinct, doc) if rule.distinct is not None else None
+                if key is None:
+                    loose.append(value)
+                    continue
+                version = (row.occurred_at, row.inbox_id)
+                slot = (index, json.dumps(key, sort_keys=True, default=str))
+                if slot not in keyed or version >= keyed[slot][0]:
+                    keyed[slot] = (version, value)
+        return loose + [value for _, value in keyed.values()]
+
+    @staticmethod
+    def _contribution(rule: TraitRule, doc: dict[str, Any]) -> Any:
+        if rule.keep == "count":
+            return 1
+        value = evaluate(rule.value or "", doc)
+        if rule.keep == "sum":
+            value = _number(value)
+            if value is not None and rule.negate:
+                value = -value
+        return value
 
     # ------------------------------------------------------------------ persistence
 

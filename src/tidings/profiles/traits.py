@@ -6,7 +6,8 @@ event (`value`), and how values combine (`keep`):
 - `latest` / `first`: the value from the event with the latest / earliest `occurred_at` wins,
   whatever order events arrive in (ties: the later / earlier arrival). `clear: true` sets null.
 - `sum`, `count`, `max`, `min`: recomputed from every such event of the customer, so a late or
-  replayed event gives the same result as one in order. `negate: true` subtracts (refunds).
+  replayed event gives the same result as one in order. `negate: true` subtracts (refunds);
+  `distinct: <expression>` makes events with the same key (an order id) count once.
 
 Expressions are JMESPath over `{name, occurred_at, source, properties, traits}`.
 """
@@ -19,7 +20,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from tidings import events as ev
-from tidings.config import ConfigModel
+from tidings.configmodel import ConfigModel
 from tidings.mapping.rules import Expression
 
 Keep = Literal["latest", "first", "sum", "count", "max", "min"]
@@ -33,6 +34,9 @@ class TraitRule(ConfigModel):
     keep: Keep = "latest"
     clear: bool = False
     negate: bool = False
+    # count/sum: events with the same key count once (the latest one's value), e.g. an order id,
+    # so an order that is updated again and again is one order.
+    distinct: Expression | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> TraitRule:
@@ -42,6 +46,8 @@ class TraitRule(ConfigModel):
             raise ValueError("clear only applies to keep: latest")
         if self.negate and self.keep != "sum":
             raise ValueError("negate only applies to keep: sum")
+        if self.distinct is not None and self.keep not in ("sum", "count"):
+            raise ValueError("distinct only applies to keep: sum or count")
         return self
 
     @property
@@ -95,9 +101,11 @@ BUILTIN_TRAITS: Mapping[str, list[TraitRule]] = {
             "url: url, image_url: image_url}",
         )
     ],
-    "orders_count": [TraitRule(on=ev.ORDER_COMPLETED, keep="count")],
+    "orders_count": [TraitRule(on=ev.ORDER_COMPLETED, keep="count", distinct="properties.order_id")],
     "lifetime_value": [
-        TraitRule(on=ev.ORDER_COMPLETED, keep="sum", value="properties.value"),
+        TraitRule(
+            on=ev.ORDER_COMPLETED, keep="sum", value="properties.value", distinct="properties.order_id"
+        ),
         TraitRule(on=ev.ORDER_REFUNDED, keep="sum", value="properties.value", negate=True),
     ],
     "last_order_at": [TraitRule(on=ev.ORDER_COMPLETED, keep="max", value="occurred_at")],
