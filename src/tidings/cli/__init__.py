@@ -65,9 +65,10 @@ def _root(
 
 
 from tidings.cli import commands as _commands  # noqa: E402  (registers the verbs)
+from tidings.cli import profiles as _profiles  # noqa: E402  (profile show|timeline, replay)
 
 __all__ = ["app", "main"]
-_ = _commands
+_ = (_commands, _profiles)
 
 
 def main() -> None:
@@ -76,10 +77,11 @@ def main() -> None:
     except ConfigurationError as exc:
         err_console.print(f"[bold red]Configuration error[/]: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
-            err_console.print(f"  {problem}", highlight=False, markup=False)
+            # One line each, never wrapped: editors and CI annotate from `file:line:`.
+            err_console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except TidingsError as exc:
-        err_console.print(f"[bold red]Error[/]: {exc}", highlight=False)
+        err_console.print(f"[bold red]Error[/]: {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from tidings.cli import ConfigOption, app, console, db_app, err_console, events_app, settings_from
-from tidings.config import DEFAULT_CONFIG_FILE
+from tidings.config import DEFAULT_CONFIG_FILE, ServerSettings
 from tidings.store import Store
 from tidings.store.engine import display_url
 from tidings.store.inbox import InboxEntry, list_entries
@@ -31,7 +33,8 @@ def init(
         raise typer.Exit(1)
     path.write_text(resources.files("tidings.cli").joinpath("starter.yaml").read_text())
     console.print(
-        f"Wrote {path}. Next: [bold]tidings check -c {path}[/], then [bold]tidings serve -c {path}[/]."
+        f"Wrote {path}. Next: [bold]tidings check -c {path}[/], then [bold]tidings serve -c {path}[/].",
+        soft_wrap=True,  # the commands stay whole, to be copied
     )
 
 
@@ -60,9 +63,13 @@ def serve(
 
     settings = settings_from(config)
     if listen is not None:
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update={"listen": listen})}
-        )
+        try:  # validated like server.listen (model_copy alone would not check it)
+            server = ServerSettings.model_validate({**settings.server.model_dump(), "listen": listen})
+        except ValidationError as exc:
+            raise typer.BadParameter(
+                exc.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--listen"
+            ) from exc
+        settings = settings.model_copy(update={"server": server})
     tlogging.configure(log_level)
     server = settings.server
     err_console.print(
@@ -168,7 +175,7 @@ def events_tail(
         last = recent[-1].id if recent else 0
         while follow:
             time.sleep(interval)
-            new = store.read_sync(lambda conn: list_entries(conn, source=source, after_id=last, limit=500))
+            new = store.read_sync(partial(list_entries, source=source, after_id=last, limit=500))
             show(new)
             if new:
                 last = new[-1].id
