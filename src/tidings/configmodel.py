@@ -20,6 +20,8 @@ def parse_duration(value: object) -> object:
     """Accept `90`, `90s`, `30m`, `1h30m`, `7d`, `250ms` as well as what pydantic accepts."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
+    if isinstance(value, str) and value.strip().upper().startswith("P"):
+        return value.strip()  # ISO 8601 (PT5M): pydantic parses it
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
         parts = _DURATION.findall(text)

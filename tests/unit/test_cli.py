@@ -237,3 +237,22 @@ def test_serve_refuses_a_bad_listen_address_before_starting(tmp_path: Path) -> N
     assert "--listen" in result.output
     assert "HOST:PORT" in result.output
     assert not (tmp_path / "t.db").exists()  # nothing was opened
+
+
+def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path) -> None:
+    """A mistyped SQLite path is an error, not a new empty database."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "t.yaml"
+    config.write_text(f"storage:\n  url: sqlite:///{tmp_path}/typo/x.db\n")
+    for verb in (["events", "tail"], ["profile", "show", "a@b.co"], ["profile", "timeline", "a@b.co"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "tidings", *verb, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, (verb, done.stdout, done.stderr)
+        assert "no store at" in done.stderr
+    assert not (tmp_path / "typo").exists()

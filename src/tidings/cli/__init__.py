@@ -17,6 +17,8 @@ from rich.console import Console
 from tidings import __version__
 from tidings.config import DEFAULT_CONFIG_FILE, Settings, load_settings
 from tidings.exceptions import ConfigurationError, TidingsError
+from tidings.store import Store
+from tidings.store.engine import normalise_url
 
 app = typer.Typer(
     name="tidings",
@@ -44,6 +46,17 @@ def settings_from(config: Path) -> Settings:
     if not config.exists() and str(config) == DEFAULT_CONFIG_FILE:
         return Settings()
     return load_settings(config)
+
+
+def existing_store(settings: Settings) -> Store:
+    """The configured store, for commands that only read: a mistyped SQLite path is an error,
+    not a new empty database."""
+    url = normalise_url(settings.storage.url)
+    database = url.database
+    missing = database not in (None, "", ":memory:") and not Path(str(database)).exists()
+    if url.get_backend_name() == "sqlite" and missing:
+        raise TidingsError(f"no store at {database} (is storage.url right? `tidings db upgrade` creates it)")
+    return Store(settings.storage.url, sqlite_synchronous=settings.storage.sqlite_synchronous)
 
 
 def version_callback(value: bool) -> None:

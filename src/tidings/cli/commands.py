@@ -13,8 +13,18 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from tidings.cli import ConfigOption, app, console, db_app, err_console, events_app, settings_from
+from tidings.cli import (
+    ConfigOption,
+    app,
+    console,
+    db_app,
+    err_console,
+    events_app,
+    existing_store,
+    settings_from,
+)
 from tidings.config import DEFAULT_CONFIG_FILE, ServerSettings
+from tidings.exceptions import TidingsError
 from tidings.store import Store
 from tidings.store.engine import display_url
 from tidings.store.inbox import InboxEntry, list_entries
@@ -114,7 +124,11 @@ def db_upgrade(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
 def db_current(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
     """Print the schema revision."""
     settings = settings_from(config)
-    store = Store(settings.storage.url)
+    try:
+        store = existing_store(settings)
+    except TidingsError as exc:
+        console.print(f"empty: {exc}")
+        return
     try:
         console.print(store.current_revision() or "empty (run tidings db upgrade)")
     finally:
@@ -145,7 +159,7 @@ def events_tail(
 ) -> None:
     """List what arrived, newest last; with --follow, keep watching."""
     settings = settings_from(config)
-    store = Store(settings.storage.url)
+    store = existing_store(settings)
 
     def show(entries: list[InboxEntry]) -> None:
         if as_json:

@@ -15,9 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Connection
 
-from tidings.cli import ConfigOption, app, console, err_console, settings_from
+from tidings.cli import ConfigOption, app, console, err_console, existing_store, settings_from
 from tidings.config import DEFAULT_CONFIG_FILE, Settings
-from tidings.store import Store
 
 if TYPE_CHECKING:  # imported where used: the web stack and the processor stay out of `tidings --help`
     from tidings.api.profiles import ProfileOut, TimelinePage
@@ -40,7 +39,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON d
 
 def _read(config: Path, fn: Callable[[Connection], T]) -> T:
     settings = settings_from(config)
-    store = Store(settings.storage.url)
+    store = existing_store(settings)
     try:
         return store.read_sync(fn)
     finally:
