@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tidings.clock import Clock
 from tidings.events import CustomerEvent
+from tidings.exceptions import StoreError
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
 from tidings.metrics import Metrics
 from tidings.profiles.apply import ProfileWriter
@@ -32,6 +33,7 @@ from tidings.store.schema import inbox, requests
 log = logging.getLogger("tidings.processor")
 
 POLL_SECONDS = 1.0
+RETRIES = 5
 # After a wake-up, wait this long so that several group commits are processed in one transaction,
 # rather than one processing transaction competing with every commit for the writer.
 LINGER_SECONDS = 0.02
@@ -101,8 +103,10 @@ class Processor:
             else:
                 outcome[row.id] = result
         writer = ProfileWriter(conn, self.computed, now)
+        ordered = sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id))
+        writer.lock_profiles_of(ordered)
         applied = []
-        for event in sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id)):
+        for event in ordered:
             try:
                 with conn.begin_nested():
                     writer.apply(event)
@@ -143,9 +147,21 @@ class Processor:
         return result
 
     async def run_once(self) -> int:
-        applied = await self.store.write(self.process_batch)
-        self._observe(applied)
-        return len(applied)
+        """One batch; a deadlock or an identity race with another processor is retried."""
+        for attempt in range(RETRIES):
+            try:
+                applied = await self.store.write(self.process_batch)
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, OperationalError | IntegrityError) or attempt == RETRIES - 1:
+                    raise
+                log.warning(
+                    "batch conflicted with another processor; retrying",
+                    extra={"action": "process_retry", "attempt": attempt + 1},
+                )
+                continue
+            self._observe(applied)
+            return len(applied)
+        return 0
 
     async def drain(self) -> None:
         """Process until nothing is pending (for the CLI, tests and the simulator)."""
@@ -175,12 +191,11 @@ class Processor:
         while not self._stopping:
             self._wake.clear()
             try:
-                applied = await self.store.write(self.process_batch)
+                count = await self.run_once()
             except Exception:
                 log.exception("processing batch failed; retrying", extra={"action": "process_failed"})
-                applied = []
-            self._observe(applied)
-            if len(applied) < self.batch_size and not self._stopping:
+                count = 0
+            if count < self.batch_size and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_SECONDS):
                         await self._wake.wait()

@@ -228,3 +228,65 @@ async def test_unmapped_and_failed_items_keep_their_reason(running) -> None:
         assert rows["g"].status == "unmapped"
         assert "skipped" in rows["g"].error
         assert rows["t"].status in ("failed", "flagged")
+
+
+async def test_freshness_is_measured_per_event(running, clock) -> None:
+    async with running(CONFIG) as (tidings, client):
+        clock.set(clock.now().replace(year=2026, month=3, day=1, hour=10, minute=1))
+        await send(client, "track", track(1, "Product Viewed", "2026-03-01T10:00:00Z", {"name": "Mug"}))
+        clock.advance(0.25)
+        await tidings.processor.drain()
+        text = (await client.get("/metrics")).text
+        assert 'tidings_event_receipt_delay_seconds_count{source="web"} 1.0' in text
+        assert 'tidings_event_receipt_delay_seconds_bucket{le="30.0",source="web"} 0.0' in text  # 60 s late
+        assert 'tidings_event_receipt_delay_seconds_bucket{le="60.0",source="web"} 1.0' in text
+        assert 'tidings_event_processing_delay_seconds_bucket{le="0.1",source="web"} 0.0' in text
+        assert 'tidings_event_processing_delay_seconds_bucket{le="0.25",source="web"} 1.0' in text
+
+
+async def test_a_bad_mapping_expression_is_a_config_error_with_its_line() -> None:
+    import pytest
+
+    from tidings.config import parse_settings
+    from tidings.exceptions import ConfigurationError
+
+    text = CONFIG + "    mappings:\n      - topic: x\n        event: X\n        identities:\n          email: payload.[\n"
+    with pytest.raises(ConfigurationError) as raised:
+        parse_settings(text, "tidings.yaml", {})
+    [problem] = raised.value.problems
+    assert (problem.file, problem.line) == ("tidings.yaml", 10)
+    assert problem.path == "sources.web.mappings[0].identities.email"
+    assert "invalid expression" in problem.message
+
+
+async def test_two_processors_share_the_work_without_doubling_it(running, store_url, clock) -> None:
+    """Several tidings processes on one database: every item is applied once, counts are exact."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from tests.conftest import settings_with
+    from tidings.app import Tidings
+    from tidings.store.schema import events, inbox
+
+    async with running(CONFIG) as (tidings, client):
+        for n in range(120):
+            user = f"u{n % 4}"
+            await send(client, "track", track(n, "Order Completed", f"2026-03-01T10:{n % 60:02d}:00Z",
+                                              {"order_id": f"o{n}", "total": 1}, user=user))
+        second = Tidings(settings_with(store_url, CONFIG), clock=clock, process=False)
+        await second.start()
+        try:
+            for worker in (tidings.processor, second.processor):
+                worker.batch_size = 7
+            await asyncio.gather(tidings.processor.drain(), second.processor.drain())
+        finally:
+            await second.stop()
+
+        def counts(conn):
+            pending = conn.execute(select(func.count()).select_from(inbox).where(inbox.c.status != "processed"))
+            return pending.scalar_one(), conn.execute(select(func.count()).select_from(events)).scalar_one()
+
+        assert tidings.store.read_sync(counts) == (0, 120)
+        for n in range(4):
+            assert profile_of(tidings, f"user_id:u{n}").traits["orders_count"] == 30

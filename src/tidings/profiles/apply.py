@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, tuple_, update
 
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
@@ -78,14 +78,34 @@ class ProfileWriter:
 
     # ------------------------------------------------------------------ identity
 
-    def _profile_for(self, event: CustomerEvent) -> Profile:
-        keys = [(i.kind, i.value) for i in event.identities]
+    def lock_profiles_of(self, batch: Sequence[CustomerEvent]) -> None:
+        """On PostgreSQL, lock every profile the batch will touch, in id order, up front.
+
+        Two processors applying batches that share customers then queue behind each other
+        instead of deadlocking (each would otherwise lock profiles in its own event order).
+        """
+        if not self.lock or not batch:
+            return
+        known = self._known({(i.kind, i.value) for e in batch for i in e.identities})
+        ids = sorted(set(known.values()))
+        if ids:
+            self.conn.execute(
+                select(profiles.c.id).where(profiles.c.id.in_(ids)).order_by(profiles.c.id).with_for_update()
+            ).all()
+
+    def _known(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        if not keys:
+            return {}
         rows = self.conn.execute(
             select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-                identities.c.kind.in_({k for k, _ in keys}), identities.c.value.in_({v for _, v in keys})
+                tuple_(identities.c.kind, identities.c.value).in_(sorted(keys))
             )
-        ).all()
-        known = {(r.kind, r.value): r.profile_id for r in rows if (r.kind, r.value) in set(keys)}
+        )
+        return {(r.kind, r.value): r.profile_id for r in rows}
+
+    def _profile_for(self, event: CustomerEvent) -> Profile:
+        keys = [(i.kind, i.value) for i in event.identities]
+        known = self._known(set(keys))
         ids = sorted(set(known.values()))
         if not ids:
             pid = self._insert(
@@ -124,13 +144,16 @@ class ProfileWriter:
     def _merge(self, keep: Profile, gone: Profile, event: CustomerEvent) -> None:
         """Fold `gone` into `keep`: newer trait and consent values win, everything is re-pointed."""
         for name, value in gone.traits.items():
-            theirs = gone.versions.get(name)
-            if theirs is not None and _newer(theirs, keep.versions.get(name)):
+            theirs, mine = gone.versions.get(name), keep.versions.get(name)
+            if theirs is None:
+                continue
+            earliest = self._keeps_first(name)
+            if mine is None or (tuple(theirs) < tuple(mine) if earliest else _newer(theirs, mine)):
                 keep.traits[name] = value
                 keep.versions[name] = theirs
         for channel, entry in gone.consent.items():
-            mine = keep.consent.get(channel)
-            if mine is None or _consent_wins(entry, mine):
+            current = keep.consent.get(channel)
+            if current is None or _consent_wins(entry, current):
                 keep.consent[channel] = entry
         moved = [
             Identity(r.kind, r.value)
@@ -171,6 +194,10 @@ class ProfileWriter:
         for trait, rules in self.computed.items():
             if rules and rules[0].keep in AGGREGATES:
                 self._aggregate(keep, trait, rules, None)
+
+    def _keeps_first(self, trait: str) -> bool:
+        rules = self.computed.get(trait) or ()
+        return bool(rules) and all(rule.keep == "first" for rule in rules)
 
     # ------------------------------------------------------------------ the event log
 
@@ -266,6 +293,8 @@ class ProfileWriter:
         cause: tuple[CustomerEvent, Version, int] | None,
     ) -> None:
         values = self._contributions(profile.id, rules)
+        if not values and trait not in profile.traits:
+            return  # nothing to count yet: no trait, rather than a zero that order would decide
         keep = rules[0].keep
         result: Any
         if keep in ("sum", "count"):
