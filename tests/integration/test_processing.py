@@ -250,7 +250,9 @@ async def test_a_bad_mapping_expression_is_a_config_error_with_its_line() -> Non
     from tidings.config import parse_settings
     from tidings.exceptions import ConfigurationError
 
-    text = CONFIG + "    mappings:\n      - topic: x\n        event: X\n        identities:\n          email: payload.[\n"
+    text = CONFIG + (
+        "    mappings:\n      - topic: x\n        event: X\n        identities:\n          email: payload.[\n"
+    )
     with pytest.raises(ConfigurationError) as raised:
         parse_settings(text, "tidings.yaml", {})
     [problem] = raised.value.problems
@@ -272,8 +274,17 @@ async def test_two_processors_share_the_work_without_doubling_it(running, store_
     async with running(CONFIG) as (tidings, client):
         for n in range(120):
             user = f"u{n % 4}"
-            await send(client, "track", track(n, "Order Completed", f"2026-03-01T10:{n % 60:02d}:00Z",
-                                              {"order_id": f"o{n}", "total": 1}, user=user))
+            await send(
+                client,
+                "track",
+                track(
+                    n,
+                    "Order Completed",
+                    f"2026-03-01T10:{n % 60:02d}:00Z",
+                    {"order_id": f"o{n}", "total": 1},
+                    user=user,
+                ),
+            )
         second = Tidings(settings_with(store_url, CONFIG), clock=clock, process=False)
         await second.start()
         try:
@@ -284,7 +295,8 @@ async def test_two_processors_share_the_work_without_doubling_it(running, store_
             await second.stop()
 
         def counts(conn):
-            pending = conn.execute(select(func.count()).select_from(inbox).where(inbox.c.status != "processed"))
+            not_done = select(func.count()).select_from(inbox).where(inbox.c.status != "processed")
+            pending = conn.execute(not_done)
             return pending.scalar_one(), conn.execute(select(func.count()).select_from(events)).scalar_one()
 
         assert tidings.store.read_sync(counts) == (0, 120)
