@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
@@ -37,6 +38,22 @@ RETRIES = 5
 # After a wake-up, wait this long so that several group commits are processed in one transaction,
 # rather than one processing transaction competing with every commit for the writer.
 LINGER_SECONDS = 0.02
+
+
+def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> None:
+    """The fast way: the whole batch in memory, written once; any failure fails the batch."""
+    try:
+        for event in ordered:
+            writer.apply(event)
+        writer.flush()
+    except DBAPIError:
+        raise
+    except Exception as exc:
+        raise BatchFailed from exc
+
+
+class BatchFailed(Exception):
+    """An event of the batch failed to apply: the batch is rolled back and run again, carefully."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +92,7 @@ class Processor:
 
     # ------------------------------------------------------------------ one batch
 
-    def process_batch(self, conn: Connection) -> list[Applied]:
+    def process_batch(self, conn: Connection, careful: bool = False) -> list[Applied]:
         """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
         now = self.clock.now()
         stmt = (
@@ -102,29 +119,45 @@ class Processor:
                 mapped.append(result)
             else:
                 outcome[row.id] = result
-        writer = ProfileWriter(conn, self.computed, now)
         ordered = sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id))
-        writer.lock_profiles_of(ordered)
+        writer = ProfileWriter(conn, self.computed, now)
+        writer.prepare(ordered)
+        if careful:
+            outcome.update(self._apply_one_by_one(conn, writer, ordered))
+        else:
+            _apply_all(writer, ordered)
         applied = []
         for event in ordered:
-            try:
-                with conn.begin_nested():
-                    writer.apply(event)
-            except DBAPIError:
-                raise  # a deadlock or a race on a new identity: the whole batch is retried
-            except Exception as exc:  # a bug or bad data in one event must not block the rest
-                log.exception(
-                    "applying an event failed", extra={"action": "apply_failed", "inbox_id": event.inbox_id}
-                )
-                outcome[event.inbox_id] = ("failed", f"applying failed: {type(exc).__name__}: {exc}")
-                continue
-            outcome[event.inbox_id] = ("processed", None)
-            applied.append(Applied(event.source, event.occurred_at, event.received_at))
+            if event.inbox_id not in outcome:
+                outcome[event.inbox_id] = ("processed", None)
+                applied.append(Applied(event.source, event.occurred_at, event.received_at))
         for status in ("processed", "unmapped", "failed"):
             for error in {e for s, e in outcome.values() if s == status}:
                 ids = [i for i, (s, e) in outcome.items() if s == status and e == error]
                 conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(status=status, error=error))
         return applied
+
+    @staticmethod
+    def _apply_one_by_one(
+        conn: Connection, writer: ProfileWriter, ordered: list[CustomerEvent]
+    ) -> dict[int, tuple[str, str | None]]:
+        """Each event in a savepoint of its own, so one that fails is set aside, with its reason."""
+        failed: dict[int, tuple[str, str | None]] = {}
+        for event in ordered:
+            try:
+                with conn.begin_nested():
+                    writer.apply(event)
+                    writer.flush()
+            except DBAPIError:
+                raise  # a deadlock or a race on a new identity: the whole batch is retried
+            except Exception as exc:  # a bug or bad data in one event must not block the rest
+                writer.reset()
+                log.exception(
+                    "applying an event failed",
+                    extra={"action": "apply_failed", "inbox_id": event.inbox_id},
+                )
+                failed[event.inbox_id] = ("failed", f"applying failed: {type(exc).__name__}: {exc}")
+        return failed
 
     def _map(self, row: Any) -> CustomerEvent | tuple[str, str | None]:
         mapper = self.mappers.get(row.source)
@@ -148,9 +181,13 @@ class Processor:
 
     async def run_once(self) -> int:
         """One batch; a deadlock or an identity race with another processor is retried."""
+        careful = False
         for attempt in range(RETRIES):
             try:
-                applied = await self.store.write(self.process_batch)
+                applied = await self.store.write(partial(self.process_batch, careful=careful))
+            except BatchFailed:
+                careful = True  # one event failed: again, each event on its own, to set it aside
+                continue
             except StoreError as exc:
                 if not isinstance(exc.__cause__, OperationalError | IntegrityError) or attempt == RETRIES - 1:
                     raise

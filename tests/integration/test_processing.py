@@ -302,3 +302,21 @@ async def test_two_processors_share_the_work_without_doubling_it(running, store_
         assert tidings.store.read_sync(counts) == (0, 120)
         for n in range(4):
             assert profile_of(tidings, f"user_id:u{n}").traits["orders_count"] == 30
+
+
+async def test_an_event_that_cannot_be_applied_is_set_aside_and_the_rest_applied(running) -> None:
+    from tests.conftest import inbox_rows
+
+    config = CONFIG + "profile:\n  traits:\n    shouty:\n      - {on: Shout, value: 'upper(properties.n)'}\n"
+    async with running(config) as (tidings, client):
+        await send(client, "track", track(1, "Product Viewed", "2026-03-01T10:00:00Z", {"name": "Mug"}))
+        await send(client, "track", track(2, "Shout", "2026-03-01T10:01:00Z", {"n": 5}))  # a number: fails
+        await send(client, "track", track(3, "Shout", "2026-03-01T10:02:00Z", {"n": "hi"}))
+        await tidings.processor.drain()
+        rows = {r.dedupe_key: r for r in inbox_rows(tidings)}
+        assert rows["m2"].status == "failed"
+        assert "upper" in rows["m2"].error
+        assert rows["m1"].status == rows["m3"].status == "processed"
+        profile = profile_of(tidings, "user_id:u1")
+        assert profile.traits["shouty"] == "HI"
+        assert profile.traits["last_product_viewed"]["name"] == "Mug"

@@ -15,11 +15,11 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, insert, select, tuple_, update
 
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
@@ -38,87 +38,174 @@ def _newer(a: Version, b: Version | None) -> bool:
     return b is None or tuple(a) >= tuple(b)
 
 
+# Statements built once: SQLAlchemy then compiles and caches each a single time, and a batch of
+# thousands of events pays only for executing them.
+_KEYS = tuple_(identities.c.kind, identities.c.value)
+_FIND_OWNERS = select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+    _KEYS.in_(bindparam("keys", expanding=True))
+)
+_LOCK_PROFILES = (
+    select(profiles.c.id)
+    .where(profiles.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(profiles.c.id)
+    .with_for_update()
+)
+_LOAD = select(profiles).where(profiles.c.id == bindparam("pid"))
+_SAVE = (
+    update(profiles)
+    .where(profiles.c.id == bindparam("pid"))
+    .values(
+        traits=bindparam("traits"),
+        trait_versions=bindparam("versions"),
+        consent=bindparam("consent"),
+        updated_at=bindparam("now"),
+    )
+)
+_EXISTING_EVENTS = select(events.c.inbox_id, events.c.id).where(
+    events.c.inbox_id.in_(bindparam("inbox_ids", expanding=True))
+)
+_UPDATE_EVENT = update(events).where(events.c.id == bindparam("event_id"))
+_CONTRIBUTING = select(
+    events.c.name,
+    events.c.occurred_at,
+    events.c.inbox_id,
+    events.c.source,
+    events.c.properties,
+    events.c.traits,
+).where(events.c.profile_id == bindparam("pid"))
+
+
 @dataclass
 class Profile:
     id: int
     traits: dict[str, Any]
     versions: dict[str, Version]
     consent: dict[str, dict[str, Any]]
-    changed: bool = False
-    notes: list[dict[str, Any]] = field(default_factory=list)  # timeline rows to write
 
 
 class ProfileWriter:
-    """Applies events within one open transaction (`conn`)."""
+    """Applies a batch of events within one open transaction (`conn`).
+
+    Profiles are read once per batch and written once at `flush`, with the timeline rows, so the
+    statements per event are few: its identities (when new), its row in the event log, and the
+    event log of its customer when an aggregate trait needs recomputing.
+    """
 
     def __init__(self, conn: Connection, computed: Mapping[str, Sequence[TraitRule]], now: datetime) -> None:
         self.conn = conn
         self.computed = computed
         self.now = now
         self.lock = conn.dialect.name == "postgresql"
+        self.aggregates = {t: r for t, r in computed.items() if r and r[0].keep in AGGREGATES}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was read: after a rolled-back event, the database is the truth again."""
+        self._profiles: dict[int, Profile] = {}
+        self._owner: dict[tuple[str, str], int] = {}  # identity -> profile id
+        self._looked_up: set[tuple[str, str]] = set()
+        self._merged: dict[int, int] = {}  # merged away -> kept
+        self._event_ids: dict[int, int] = {}  # inbox id -> event id, for re-applied items
+        self._dirty: set[int] = set()
+        self._notes: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ public
 
+    def prepare(self, batch: Sequence[CustomerEvent]) -> None:
+        """Read what the batch will need in a few statements; on PostgreSQL, lock its profiles.
+
+        The locks are taken in id order up front, so two processors whose batches share
+        customers queue behind each other instead of deadlocking.
+        """
+        self._find_owners({(i.kind, i.value) for e in batch for i in e.identities})
+        if self.lock and self._owner:
+            self.conn.execute(_LOCK_PROFILES, {"ids": sorted(set(self._owner.values()))}).all()
+        if batch:
+            rows = self.conn.execute(_EXISTING_EVENTS, {"inbox_ids": [e.inbox_id for e in batch]})
+            self._event_ids.update({r.inbox_id: r.id for r in rows})
+
     def apply(self, event: CustomerEvent) -> tuple[int, int]:
-        """Apply `event`; return (profile id, event id)."""
+        """Apply `event` (in memory, but for the event log); return (profile id, event id)."""
         profile = self._profile_for(event)
         event_id, first_time = self._record_event(profile.id, event)
         version: Version = [stamp(event.occurred_at), event.inbox_id]
         if first_time:
             self._note(
-                profile, event, "event", None, None, {"name": event.name, "source": event.source}, event_id
+                profile,
+                event,
+                "event",
+                None,
+                None,
+                {"name": event.name, "source": event.source},
+                event_id,
             )
         for name, value in event.traits.items():
             self._set(profile, name, value, version, event, event_id)
         for channel, state in event.consent.items():
             self._consent(profile, channel, state, version, event, event_id)
         self._computed(profile, event, version, event_id)
-        self._save(profile)
+        self._dirty.add(profile.id)
         return profile.id, event_id
+
+    def flush(self) -> None:
+        """Write the changed profiles and the timeline rows."""
+        if self._dirty:
+            self.conn.execute(
+                _SAVE,
+                [
+                    {
+                        "pid": p.id,
+                        "traits": p.traits,
+                        "versions": p.versions,
+                        "consent": p.consent,
+                        "now": self.now,
+                    }
+                    for p in (self._profiles[pid] for pid in sorted(self._dirty))
+                ],
+            )
+            self._dirty.clear()
+        if self._notes:
+            for note in self._notes:
+                note["profile_id"] = self._current(note["profile_id"])
+            self.conn.execute(insert(timeline), self._notes)
+            self._notes = []
 
     # ------------------------------------------------------------------ identity
 
-    def lock_profiles_of(self, batch: Sequence[CustomerEvent]) -> None:
-        """On PostgreSQL, lock every profile the batch will touch, in id order, up front.
-
-        Two processors applying batches that share customers then queue behind each other
-        instead of deadlocking (each would otherwise lock profiles in its own event order).
-        """
-        if not self.lock or not batch:
+    def _find_owners(self, keys: set[tuple[str, str]]) -> None:
+        unknown = sorted(keys - self._looked_up)
+        if not unknown:
             return
-        known = self._known({(i.kind, i.value) for e in batch for i in e.identities})
-        ids = sorted(set(known.values()))
-        if ids:
-            self.conn.execute(
-                select(profiles.c.id).where(profiles.c.id.in_(ids)).order_by(profiles.c.id).with_for_update()
-            ).all()
+        self._looked_up.update(unknown)
+        for row in self.conn.execute(_FIND_OWNERS, {"keys": unknown}):
+            self._owner[(row.kind, row.value)] = row.profile_id
 
-    def _known(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        if not keys:
-            return {}
-        rows = self.conn.execute(
-            select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-                tuple_(identities.c.kind, identities.c.value).in_(sorted(keys))
-            )
-        )
-        return {(r.kind, r.value): r.profile_id for r in rows}
+    def _current(self, pid: int) -> int:
+        while pid in self._merged:
+            pid = self._merged[pid]
+        return pid
 
     def _profile_for(self, event: CustomerEvent) -> Profile:
         keys = [(i.kind, i.value) for i in event.identities]
-        known = self._known(set(keys))
-        ids = sorted(set(known.values()))
+        self._find_owners(set(keys))
+        ids = sorted({self._current(self._owner[k]) for k in keys if k in self._owner})
         if not ids:
             pid = self._insert(
-                insert(profiles).values(
-                    created_at=self.now, updated_at=self.now, traits={}, trait_versions={}, consent={}
-                )
+                profiles,
+                {
+                    "created_at": self.now,
+                    "updated_at": self.now,
+                    "traits": {},
+                    "trait_versions": {},
+                    "consent": {},
+                },
             )
-            profile = Profile(pid, {}, {}, {}, changed=True)
+            profile = self._profiles[pid] = Profile(pid, {}, {}, {})
         else:
             profile = self._load(ids[0])
             for other in ids[1:]:
                 self._merge(profile, self._load(other), event)
-        new = [k for k in keys if k not in known]
+        new = [k for k in keys if k not in self._owner]
         if new:
             self.conn.execute(
                 insert(identities),
@@ -127,19 +214,23 @@ class ProfileWriter:
                     for k, v in new
                 ],
             )
+        for k in keys:
+            self._owner[k] = profile.id
         return profile
 
-    def _insert(self, stmt: Any) -> int:
-        key = self.conn.execute(stmt).inserted_primary_key
+    def _insert(self, table: Any, values: dict[str, Any]) -> int:
+        key = self.conn.execute(insert(table), values).inserted_primary_key
         assert key is not None
         return int(key[0])
 
     def _load(self, pid: int) -> Profile:
-        stmt = select(profiles).where(profiles.c.id == pid)
-        if self.lock:
-            stmt = stmt.with_for_update()
-        row = self.conn.execute(stmt).one()
-        return Profile(row.id, dict(row.traits), dict(row.trait_versions), dict(row.consent))
+        cached = self._profiles.get(pid)
+        if cached is not None:
+            return cached
+        row = self.conn.execute(_LOAD, {"pid": pid}).one()
+        profile = Profile(row.id, dict(row.traits), dict(row.trait_versions), dict(row.consent))
+        self._profiles[pid] = profile
+        return profile
 
     def _merge(self, keep: Profile, gone: Profile, event: CustomerEvent) -> None:
         """Fold `gone` into `keep`: newer trait and consent values win, everything is re-pointed."""
@@ -175,11 +266,15 @@ class ProfileWriter:
                 identities=[str(i) for i in moved],
             )
         )
-        keep.changed = True
-        keep.notes.append(
+        self._merged[gone.id] = keep.id
+        self._dirty.discard(gone.id)
+        self._dirty.add(keep.id)
+        self._notes.append(
             {
+                "profile_id": keep.id,
                 "kind": "merge",
                 "at": event.occurred_at,
+                "recorded_at": self.now,
                 "event_id": None,
                 "field": None,
                 "old": None,
@@ -191,9 +286,7 @@ class ProfileWriter:
                 },
             }
         )
-        for trait, rules in self.computed.items():
-            if rules and rules[0].keep in AGGREGATES:
-                self._aggregate(keep, trait, rules, None)
+        self._aggregate(keep, event, None, set(self.aggregates))
 
     def _keeps_first(self, trait: str) -> bool:
         rules = self.computed.get(trait) or ()
@@ -214,11 +307,13 @@ class ProfileWriter:
             "traits": event.traits,
             "consent": event.consent,
         }
-        existing = self.conn.execute(select(events.c.id).where(events.c.inbox_id == event.inbox_id)).scalar()
+        existing = self._event_ids.get(event.inbox_id)
         if existing is not None:  # a replay: the event's content may have changed with the mapping
-            self.conn.execute(update(events).where(events.c.id == existing).values(**values))
+            self.conn.execute(_UPDATE_EVENT, {"event_id": existing, **values})
             return existing, False
-        return self._insert(insert(events).values(inbox_id=event.inbox_id, **values)), True
+        event_id = self._insert(events, {"inbox_id": event.inbox_id, **values})
+        self._event_ids[event.inbox_id] = event_id
+        return event_id, True
 
     # ------------------------------------------------------------------ traits and consent
 
@@ -240,7 +335,6 @@ class ProfileWriter:
         old = profile.traits.get(name)
         profile.versions[name] = version
         profile.traits[name] = value
-        profile.changed = True
         if old != value:
             self._note(profile, event, "trait", name, old, value, event_id)
 
@@ -263,19 +357,19 @@ class ProfileWriter:
         if current is not None and not _consent_wins(entry, current):
             return
         profile.consent[channel] = entry
-        profile.changed = True
         old_state = current["state"] if current else "unknown"
         if old_state != state:
             self._note(profile, event, "consent", channel, old_state, state, event_id)
 
     def _computed(self, profile: Profile, event: CustomerEvent, version: Version, event_id: int) -> None:
         doc = _event_doc(event.name, event.occurred_at, event.source, event.properties, event.traits)
+        counted = set()
         for trait, rules in self.computed.items():
             matching = [r for r in rules if _listens(r, event.name)]
             if not matching:
                 continue
-            if rules[0].keep in AGGREGATES:
-                self._aggregate(profile, trait, rules, (event, version, event_id))
+            if trait in self.aggregates:
+                counted.add(trait)
                 continue
             for rule in matching:
                 if rule.when is not None and not evaluate(rule.when, doc):
@@ -284,71 +378,73 @@ class ProfileWriter:
                 if value is None and not rule.clear:
                     continue
                 self._set(profile, trait, value, version, event, event_id, earliest=rule.keep == "first")
+        if counted:
+            self._aggregate(profile, event, (version, event_id), counted)
 
     def _aggregate(
         self,
         profile: Profile,
-        trait: str,
-        rules: Sequence[TraitRule],
-        cause: tuple[CustomerEvent, Version, int] | None,
+        event: CustomerEvent,
+        cause: tuple[Version, int] | None,
+        traits: set[str],
     ) -> None:
-        values = self._contributions(profile.id, rules)
-        if not values and trait not in profile.traits:
-            return  # nothing to count yet: no trait, rather than a zero that order would decide
-        keep = rules[0].keep
-        result: Any
-        if keep in ("sum", "count"):
-            total = sum(values)
-            result = round(total, 6) if isinstance(total, float) else total
-        elif not values:
-            result = None
-        else:
-            result = max(values) if keep == "max" else min(values)
-        old = profile.traits.get(trait)
-        if old == result or (result is None and trait not in profile.traits):
-            return
-        profile.traits[trait] = result
-        profile.changed = True
-        if cause is not None:
-            event, version, event_id = cause
-            profile.versions[trait] = version
-            self._note(profile, event, "trait", trait, old, result, event_id)
+        """Recompute aggregate `traits` from the customer's event log, in one read of it."""
+        contributions = self._contributions(profile.id, {t: self.aggregates[t] for t in traits})
+        for trait in sorted(traits):
+            values = contributions[trait]
+            if not values and trait not in profile.traits:
+                continue  # nothing to count yet: no trait, rather than a zero that order would decide
+            keep = self.aggregates[trait][0].keep
+            result: Any
+            if keep in ("sum", "count"):
+                total = sum(values)
+                result = round(total, 6) if isinstance(total, float) else total
+            elif not values:
+                result = None
+            else:
+                result = max(values) if keep == "max" else min(values)
+            old = profile.traits.get(trait)
+            if old == result or (result is None and trait not in profile.traits):
+                continue
+            profile.traits[trait] = result
+            if cause is not None:
+                version, event_id = cause
+                profile.versions[trait] = version
+                self._note(profile, event, "trait", trait, old, result, event_id)
 
-    def _contributions(self, pid: int, rules: Sequence[TraitRule]) -> list[Any]:
-        """What each of the customer's events gives an aggregate trait (1 each for a count).
+    def _contributions(self, pid: int, traits: Mapping[str, Sequence[TraitRule]]) -> dict[str, list[Any]]:
+        """What each of the customer's events gives each aggregate trait (1 each for a count).
 
         With `distinct`, events sharing a key give one contribution: the latest event's.
         """
-        names = {n for r in rules for n in r.names}
-        stmt = select(
-            events.c.name,
-            events.c.occurred_at,
-            events.c.inbox_id,
-            events.c.source,
-            events.c.properties,
-            events.c.traits,
-        ).where(events.c.profile_id == pid)
-        if "*" not in names:
-            stmt = stmt.where(events.c.name.in_(names))
-        loose: list[Any] = []
-        keyed: dict[tuple[int, str], tuple[tuple[datetime, int], Any]] = {}
-        for row in self.conn.execute(stmt):
+        names = {n for rules in traits.values() for r in rules for n in r.names}
+        stmt = _CONTRIBUTING
+        if not any(any(c in n for c in "*?[") for n in names):
+            stmt = stmt.where(events.c.name.in_(bindparam("names", expanding=True)))
+        loose: dict[str, list[Any]] = {t: [] for t in traits}
+        keyed: dict[tuple[str, int, str], tuple[tuple[datetime, int], Any]] = {}
+        for row in self.conn.execute(stmt, {"pid": pid, "names": sorted(names)}):
             doc = _event_doc(row.name, row.occurred_at, row.source, row.properties, row.traits)
-            for index, rule in enumerate(rules):
-                if not _listens(rule, row.name) or (rule.when is not None and not evaluate(rule.when, doc)):
-                    continue
-                value = self._contribution(rule, doc)
-                if value is None:
-                    continue
-                key = evaluate(rule.distinct, doc) if rule.distinct is not None else None
-                if key is None:
-                    loose.append(value)
-                    continue
-                version = (row.occurred_at, row.inbox_id)
-                slot = (index, json.dumps(key, sort_keys=True, default=str))
-                if slot not in keyed or version >= keyed[slot][0]:
-                    keyed[slot] = (version, value)
-        return loose + [value for _, value in keyed.values()]
+            for trait, rules in traits.items():
+                for index, rule in enumerate(rules):
+                    if not _listens(rule, row.name) or (
+                        rule.when is not None and not evaluate(rule.when, doc)
+                    ):
+                        continue
+                    value = self._contribution(rule, doc)
+                    if value is None:
+                        continue
+                    key = evaluate(rule.distinct, doc) if rule.distinct is not None else None
+                    if key is None:
+                        loose[trait].append(value)
+                        continue
+                    version = (row.occurred_at, row.inbox_id)
+                    slot = (trait, index, json.dumps(key, sort_keys=True, default=str))
+                    if slot not in keyed or version >= keyed[slot][0]:
+                        keyed[slot] = (version, value)
+        for (trait, _, _), (_, value) in keyed.items():
+            loose[trait].append(value)
+        return loose
 
     @staticmethod
     def _contribution(rule: TraitRule, doc: dict[str, Any]) -> Any:
@@ -361,7 +457,7 @@ class ProfileWriter:
                 value = -value
         return value
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ timeline
 
     def _note(
         self,
@@ -373,37 +469,20 @@ class ProfileWriter:
         new: Any,
         event_id: int | None,
     ) -> None:
-        detail = new if kind == "event" else None
-        profile.notes.append(
+        is_event = kind == "event"
+        self._notes.append(
             {
+                "profile_id": profile.id,
                 "kind": kind,
                 "at": event.occurred_at,
+                "recorded_at": self.now,
                 "event_id": event_id,
                 "field": name,
-                "old": None if kind == "event" else old,
-                "new": None if kind == "event" else new,
-                "detail": detail,
+                "old": None if is_event else old,
+                "new": None if is_event else new,
+                "detail": new if is_event else None,
             }
         )
-
-    def _save(self, profile: Profile) -> None:
-        if profile.changed:
-            self.conn.execute(
-                update(profiles)
-                .where(profiles.c.id == profile.id)
-                .values(
-                    traits=profile.traits,
-                    trait_versions=profile.versions,
-                    consent=profile.consent,
-                    updated_at=self.now,
-                )
-            )
-        if profile.notes:
-            self.conn.execute(
-                insert(timeline),
-                [{**note, "profile_id": profile.id, "recorded_at": self.now} for note in profile.notes],
-            )
-            profile.notes.clear()
 
 
 def _consent_wins(new: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
