@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, Integer, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tidings.clock import Clock
@@ -37,7 +37,7 @@ POLL_SECONDS = 1.0
 RETRIES = 5
 # After a wake-up, wait this long so that several group commits are processed in one transaction,
 # rather than one processing transaction competing with every commit for the writer.
-LINGER_SECONDS = 0.02
+LINGER_SECONDS = 0.005
 
 
 def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> None:
@@ -82,6 +82,21 @@ class Processor:
         self.clock = clock
         self.metrics = metrics
         self.batch_size = batch_size
+        self._claim = (
+            select(
+                inbox.c.id,
+                inbox.c.source,
+                inbox.c.topic,
+                inbox.c.received_at,
+                requests.c.headers,
+                func.coalesce(inbox.c.payload, requests.c.body).label("body"),
+            )
+            .join(requests, requests.c.id == inbox.c.request_id)
+            .where(inbox.c.status == "pending")
+            .order_by(inbox.c.id)
+            .limit(bindparam("limit", type_=Integer))
+            .with_for_update(skip_locked=True, of=inbox)
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,22 +110,7 @@ class Processor:
     def process_batch(self, conn: Connection, careful: bool = False) -> list[Applied]:
         """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
         now = self.clock.now()
-        stmt = (
-            select(
-                inbox.c.id,
-                inbox.c.source,
-                inbox.c.topic,
-                inbox.c.received_at,
-                requests.c.headers,
-                func.coalesce(inbox.c.payload, requests.c.body).label("body"),
-            )
-            .join(requests, requests.c.id == inbox.c.request_id)
-            .where(inbox.c.status == "pending")
-            .order_by(inbox.c.id)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True, of=inbox)
-        )
-        rows = conn.execute(stmt).all()
+        rows = conn.execute(self._claim, {"limit": self.batch_size}).all()
         outcome: dict[int, tuple[str, str | None]] = {}
         mapped: list[CustomerEvent] = []
         for row in rows:

@@ -21,9 +21,20 @@ class Submission:
     reception: Reception
 
 
-def _insert_ignoring_duplicates(conn: Connection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(dedupe_keys).on_conflict_do_nothing()
+# Built once: at a steady trickle, each commit holds a few requests and building statements
+# would cost more than running them.
+_ADD_KEYS = {
+    name: dialect.insert(dedupe_keys)
+    .on_conflict_do_nothing()
+    .returning(dedupe_keys.c.source, dedupe_keys.c.key)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_INSERT = {table.name: insert(table) for table in (requests, inbox)}
+_INSERT_RETURNING = {
+    table.name: insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    for table in (requests, inbox)
+}
+_NEXT_ID = {table.name: select(func.coalesce(func.max(table.c.id), 0) + 1) for table in (requests, inbox)}
 
 
 def commit_batch(
@@ -49,7 +60,7 @@ def commit_batch(
     if in_batch:
         expires = now + dedupe_window
         rows = [{"source": s, "key": k, "first_seen_at": now, "expires_at": expires} for s, k in in_batch]
-        stmt = _insert_ignoring_duplicates(conn).returning(dedupe_keys.c.source, dedupe_keys.c.key)
+        stmt = _ADD_KEYS["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
         added = {(r.source, r.key) for r in conn.execute(stmt, rows)}
     fresh = [(s, i, keys) for s, i, keys in candidates if all(k in added for k in keys)]
 
@@ -83,12 +94,11 @@ def _insert_all(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> l
     if not rows:
         return []
     if conn.dialect.name == "sqlite":
-        first = conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one() + 1
+        first = conn.execute(_NEXT_ID[table.name]).scalar_one()
         ids = list(range(first, first + len(rows)))
-        conn.execute(insert(table), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+        conn.execute(_INSERT[table.name], [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
         return ids
-    result = conn.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-    return list(result.scalars())
+    return list(conn.execute(_INSERT_RETURNING[table.name], rows).scalars())
 
 
 def _request_row(sub: Submission) -> dict[str, Any]:
