@@ -242,29 +242,54 @@ def steady_once(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     db = workdir / "tidings.db"
     config = workdir / "tidings.yaml"
     config.write_text(config_yaml(db, port))
+    role = ["--role", "ingest"] if args.split else []
     server = ib.Server(
-        [ib.venv_bin("tidings"), "serve", "-c", str(config)],
+        [ib.venv_bin("tidings"), "serve", "-c", str(config), *role],
         ready_url=f"http://127.0.0.1:{port}/readyz",
         log_path=workdir / "server.log",
         env=dict(os.environ),
     )
     base = f"http://127.0.0.1:{port}"
     wrk = {"rate": args.rate, "connections": args.connections, "threads": args.threads}
+    worker = None
+    metrics_base = base
+    if args.split:  # a second process applies what the first one stores: two cores for tidings
+        worker_port = ib.free_port()
+        worker = ib.Server(
+            [
+                ib.venv_bin("tidings"),
+                "serve",
+                "-c",
+                str(config),
+                "--role",
+                "worker",
+                "--listen",
+                f"127.0.0.1:{worker_port}",
+            ],
+            ready_url=f"http://127.0.0.1:{worker_port}/readyz",
+            log_path=workdir / "worker.log",
+            env=dict(os.environ),
+        )
+        metrics_base = f"http://127.0.0.1:{worker_port}"
     server.start()
+    if worker is not None:
+        worker.start()
     try:
         if args.warmup > 0:
             run_wrk(f"{base}/v1/track", duration=args.warmup, customers=args.customers, **wrk)
         time.sleep(1.0)
-        before = ib.scrape(base)
+        before = ib.scrape(metrics_base)
         since = datetime.now(UTC)
-        cpu0 = server.cpu_seconds()
+        cpu0 = server.cpu_seconds() + (worker.cpu_seconds() if worker else 0.0)
         load = run_wrk(f"{base}/v1/track", duration=args.duration, customers=args.customers, **wrk)
         until = datetime.now(UTC)
-        cpu = server.cpu_seconds() - cpu0
+        cpu = server.cpu_seconds() + (worker.cpu_seconds() if worker else 0.0) - cpu0
         time.sleep(2.0)  # the last calls of the window are applied
-        after = ib.scrape(base)
+        after = ib.scrape(metrics_base)
     finally:
         code = server.stop()
+        if worker is not None:
+            worker.stop()
     delays, statuses = stored_delays(db, since, until)
     buckets = delay_buckets(before, after)
     ok = sum(n for s, n in load["statuses"].items() if s.startswith("2"))
@@ -363,6 +388,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=BENCH / "results")
     p.add_argument("--tag", default="")
     p.add_argument("--workdir", type=Path, default=None, help="where the temporary stores go")
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="steady phase with two processes on one store: `serve --role ingest` and `--role worker`",
+    )
     return p.parse_args(argv)
 
 

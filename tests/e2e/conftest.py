@@ -33,9 +33,10 @@ def free_port() -> int:
 class Server:
     """One `python -m tidings serve` process. `start()` returns once /readyz answers 200."""
 
-    def __init__(self, config: Path, workdir: Path) -> None:
+    def __init__(self, config: Path, workdir: Path, args: tuple[str, ...] = ()) -> None:
         self.config = config
         self.workdir = workdir
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.starts = 0
@@ -72,6 +73,7 @@ class Server:
                 f"127.0.0.1:{self.port}",
                 "--log-level",
                 "warning",
+                *self.args,
             ],
             cwd=self.workdir,
             stdout=log,
@@ -127,14 +129,15 @@ class Server:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[str], Server]]:
-    """`server = serve(yaml_text)`: a Server for that config (not started); killed at teardown."""
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """`server = serve(yaml_text, *serve_args)`: a Server for that config (not started); killed at
+    teardown."""
     servers: list[Server] = []
 
-    def make(yaml_text: str) -> Server:
+    def make(yaml_text: str, *args: str) -> Server:
         config = tmp_path / f"tidings-{len(servers)}.yaml"
         config.write_text(yaml_text)
-        server = Server(config, tmp_path)
+        server = Server(config, tmp_path, args)
         servers.append(server)
         return server
 

@@ -65,8 +65,9 @@ class Application:
         return None
 
 
-def create_app(tidings: Tidings, *, manage_lifecycle: bool = True) -> Application:
-    """The ASGI app. With `manage_lifecycle`, the app's lifespan starts and stops `tidings`."""
+def create_app(tidings: Tidings, *, manage_lifecycle: bool = True, receive: bool = True) -> Application:
+    """The ASGI app. With `manage_lifecycle`, the app's lifespan starts and stops `tidings`;
+    without `receive` (a worker process), webhooks and tracking calls are answered 404."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,7 +89,7 @@ def create_app(tidings: Tidings, *, manage_lifecycle: bool = True) -> Applicatio
         redoc_url=None,
     )
     app.state.tidings = tidings
-    app.state.ingest = Ingest(tidings)
+    app.state.ingest = Ingest(tidings, enabled=receive)
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(admin.router)

@@ -69,6 +69,7 @@ async def handle_tracking_call(ingest: Ingest, request: Request, call: str) -> R
     """POST /v1/{call}: the source is the one whose write key the call carries."""
     started = time.perf_counter()
     try:
+        ingest.check_enabled()
         if call not in segment.CALLS:
             raise UnknownSource(
                 f"/v1/{call} is not a tracking call; use one of {', '.join(segment.CALLS)}",

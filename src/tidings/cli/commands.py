@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from functools import partial
@@ -58,13 +59,28 @@ def check(config: ConfigOption = Path(DEFAULT_CONFIG_FILE)) -> None:
         console.print(f"  source [bold]{name}[/] ({source.kind})")
 
 
+class Role(enum.StrEnum):
+    all = "all"
+    ingest = "ingest"
+    worker = "worker"
+
+
 @app.command()
 def serve(
     config: ConfigOption = Path(DEFAULT_CONFIG_FILE),
     listen: Annotated[str | None, typer.Option(help="HOST:PORT, overriding server.listen.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    role: Annotated[
+        Role,
+        typer.Option(
+            envvar="TIDINGS_ROLE",
+            help="all: receive and process. ingest: receive and store only. worker: process only "
+            "(its HTTP server keeps /healthz, /readyz, /metrics and /api). Run an ingest and a worker "
+            "process on one store to use two cores.",
+        ),
+    ] = Role.all,
 ) -> None:
-    """Run tidings: receive webhooks and serve the API."""
+    """Run tidings: receive webhooks, process them, serve the API."""
     import uvicorn
 
     from tidings import logging as tlogging
@@ -83,10 +99,11 @@ def serve(
     tlogging.configure(log_level)
     server = settings.server
     err_console.print(
-        f"tidings listening on http://{server.listen} (store: {display_url(settings.storage.url)})"
+        f"tidings ({role.value}) listening on http://{server.listen} "
+        f"(store: {display_url(settings.storage.url)})"
     )
     uvicorn.run(
-        create_app(Tidings(settings)),
+        create_app(Tidings(settings, process=role is not Role.ingest), receive=role is not Role.worker),
         host=server.host,
         port=server.port,
         log_level="warning",

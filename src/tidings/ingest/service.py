@@ -38,13 +38,21 @@ async def read_body(headers: Mapping[str, str], stream: AsyncIterator[bytes], li
 class Ingest:
     """The ingest stage's face to HTTP: turns a request into a stored reception and an answer."""
 
-    def __init__(self, tidings: Any) -> None:
+    def __init__(self, tidings: Any, *, enabled: bool = True) -> None:
         from tidings.app import Tidings
 
         self.tidings: Tidings = tidings
         self.metrics = tidings.metrics
+        self.enabled = enabled
+
+    def check_enabled(self) -> None:
+        if not self.enabled:
+            raise UnknownSource(
+                "this tidings process is a worker (--role worker): it receives nothing", code="not_receiving"
+            )
 
     def receiver(self, source: str) -> Receiver[Any]:
+        self.check_enabled()
         receiver = self.tidings.receivers.get(source)
         if receiver is None:
             raise UnknownSource(f"no source named {source!r} is configured")
