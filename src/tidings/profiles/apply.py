@@ -58,6 +58,7 @@ _SAVE = (
         traits=bindparam("traits"),
         trait_versions=bindparam("versions"),
         consent=bindparam("consent"),
+        aggregates=bindparam("aggregates"),
         updated_at=bindparam("now"),
     )
 )
@@ -81,6 +82,8 @@ class Profile:
     traits: dict[str, Any]
     versions: dict[str, Version]
     consent: dict[str, dict[str, Any]]
+    aggregates: dict[str, dict[str, Any]]  # trait -> running state (see _aggregate)
+    new: bool = False  # created in this batch: no history to rebuild from
 
 
 class ProfileWriter:
@@ -143,7 +146,7 @@ class ProfileWriter:
             self._set(profile, name, value, version, event, event_id)
         for channel, state in event.consent.items():
             self._consent(profile, channel, state, version, event, event_id)
-        self._computed(profile, event, version, event_id)
+        self._computed(profile, event, version, event_id, replay=not first_time)
         self._dirty.add(profile.id)
         return profile.id, event_id
 
@@ -158,6 +161,7 @@ class ProfileWriter:
                         "traits": p.traits,
                         "versions": p.versions,
                         "consent": p.consent,
+                        "aggregates": p.aggregates,
                         "now": self.now,
                     }
                     for p in (self._profiles[pid] for pid in sorted(self._dirty))
@@ -198,9 +202,10 @@ class ProfileWriter:
                     "traits": {},
                     "trait_versions": {},
                     "consent": {},
+                    "aggregates": {},
                 },
             )
-            profile = self._profiles[pid] = Profile(pid, {}, {}, {})
+            profile = self._profiles[pid] = Profile(pid, {}, {}, {}, {}, new=True)
         else:
             profile = self._load(ids[0])
             for other in ids[1:]:
@@ -228,7 +233,13 @@ class ProfileWriter:
         if cached is not None:
             return cached
         row = self.conn.execute(_LOAD, {"pid": pid}).one()
-        profile = Profile(row.id, dict(row.traits), dict(row.trait_versions), dict(row.consent))
+        profile = Profile(
+            row.id,
+            dict(row.traits),
+            dict(row.trait_versions),
+            dict(row.consent),
+            dict(row.aggregates),
+        )
         self._profiles[pid] = profile
         return profile
 
@@ -286,7 +297,7 @@ class ProfileWriter:
                 },
             }
         )
-        self._aggregate(keep, event, None, set(self.aggregates))
+        self._aggregate(keep, event, None, set(self.aggregates), rebuild=True)
 
     def _keeps_first(self, trait: str) -> bool:
         rules = self.computed.get(trait) or ()
@@ -361,7 +372,15 @@ class ProfileWriter:
         if old_state != state:
             self._note(profile, event, "consent", channel, old_state, state, event_id)
 
-    def _computed(self, profile: Profile, event: CustomerEvent, version: Version, event_id: int) -> None:
+    def _computed(
+        self,
+        profile: Profile,
+        event: CustomerEvent,
+        version: Version,
+        event_id: int,
+        *,
+        replay: bool,
+    ) -> None:
         doc = _event_doc(event.name, event.occurred_at, event.source, event.properties, event.traits)
         counted = set()
         for trait, rules in self.computed.items():
@@ -379,7 +398,7 @@ class ProfileWriter:
                     continue
                 self._set(profile, trait, value, version, event, event_id, earliest=rule.keep == "first")
         if counted:
-            self._aggregate(profile, event, (version, event_id), counted)
+            self._aggregate(profile, event, (version, event_id), counted, rebuild=replay)
 
     def _aggregate(
         self,
@@ -387,64 +406,78 @@ class ProfileWriter:
         event: CustomerEvent,
         cause: tuple[Version, int] | None,
         traits: set[str],
+        *,
+        rebuild: bool,
     ) -> None:
-        """Recompute aggregate `traits` from the customer's event log, in one read of it."""
-        contributions = self._contributions(profile.id, {t: self.aggregates[t] for t in traits})
+        """Bring aggregate `traits` up to date with `event`.
+
+        Each keeps a running state (a total, plus one slot per distinct key), so a new event costs
+        the same whatever the customer's history. A re-applied event, a merge, or a trait with no
+        state yet (added to the config later) rebuilds the state from the event log instead.
+        """
+        stale = {t for t in traits if rebuild or (t not in profile.aggregates and not profile.new)}
+        if stale:
+            profile.aggregates.update(self._states_from_log(profile.id, stale))
+        if cause is not None:
+            doc = _event_doc(event.name, event.occurred_at, event.source, event.properties, event.traits)
+            version = [stamp(event.occurred_at), event.inbox_id]
+            for trait in sorted(traits - stale):
+                state = profile.aggregates.setdefault(trait, {"loose": None, "slots": {}})
+                for index, rule in enumerate(self.aggregates[trait]):
+                    self._fold(state, index, rule, doc, version)
         for trait in sorted(traits):
-            values = contributions[trait]
-            if not values and trait not in profile.traits:
-                continue  # nothing to count yet: no trait, rather than a zero that order would decide
-            keep = self.aggregates[trait][0].keep
-            result: Any
-            if keep in ("sum", "count"):
-                total = sum(values)
-                result = round(total, 6) if isinstance(total, float) else total
-            elif not values:
-                result = None
-            else:
-                result = max(values) if keep == "max" else min(values)
+            result = _result(profile.aggregates.get(trait), self.aggregates[trait][0].keep)
             old = profile.traits.get(trait)
             if old == result or (result is None and trait not in profile.traits):
                 continue
             profile.traits[trait] = result
             if cause is not None:
-                version, event_id = cause
-                profile.versions[trait] = version
+                version_, event_id = cause
+                profile.versions[trait] = version_
                 self._note(profile, event, "trait", trait, old, result, event_id)
 
-    def _contributions(self, pid: int, traits: Mapping[str, Sequence[TraitRule]]) -> dict[str, list[Any]]:
-        """What each of the customer's events gives each aggregate trait (1 each for a count).
+    def _fold(
+        self,
+        state: dict[str, Any],
+        index: int,
+        rule: TraitRule,
+        doc: dict[str, Any],
+        version: Version,
+    ) -> None:
+        """Add one event's contribution to a trait's running state."""
+        if not _listens(rule, doc["name"]) or (rule.when is not None and not evaluate(rule.when, doc)):
+            return
+        value = self._contribution(rule, doc)
+        if value is None:
+            return
+        key = evaluate(rule.distinct, doc) if rule.distinct is not None else None
+        if key is not None:
+            slot = f"{index}:{json.dumps(key, sort_keys=True, default=str)}"
+            held = state["slots"].get(slot)
+            if held is None or tuple(version) >= tuple(held[0]):
+                state["slots"][slot] = [version, value]
+            return
+        loose = state["loose"]
+        if rule.keep in ("sum", "count"):
+            state["loose"] = (loose or 0) + value
+        elif loose is None or (value > loose if rule.keep == "max" else value < loose):
+            state["loose"] = value
 
-        With `distinct`, events sharing a key give one contribution: the latest event's.
-        """
-        names = {n for rules in traits.values() for r in rules for n in r.names}
+    def _states_from_log(self, pid: int, traits: set[str]) -> dict[str, dict[str, Any]]:
+        """The running state of each trait, rebuilt from every event of the customer."""
+        rules_of = {t: self.aggregates[t] for t in traits}
+        names = {n for rules in rules_of.values() for r in rules for n in r.names}
         stmt = _CONTRIBUTING
         if not any(any(c in n for c in "*?[") for n in names):
             stmt = stmt.where(events.c.name.in_(bindparam("names", expanding=True)))
-        loose: dict[str, list[Any]] = {t: [] for t in traits}
-        keyed: dict[tuple[str, int, str], tuple[tuple[datetime, int], Any]] = {}
+        states: dict[str, dict[str, Any]] = {t: {"loose": None, "slots": {}} for t in traits}
         for row in self.conn.execute(stmt, {"pid": pid, "names": sorted(names)}):
             doc = _event_doc(row.name, row.occurred_at, row.source, row.properties, row.traits)
-            for trait, rules in traits.items():
+            version = [stamp(row.occurred_at), row.inbox_id]
+            for trait, rules in rules_of.items():
                 for index, rule in enumerate(rules):
-                    if not _listens(rule, row.name) or (
-                        rule.when is not None and not evaluate(rule.when, doc)
-                    ):
-                        continue
-                    value = self._contribution(rule, doc)
-                    if value is None:
-                        continue
-                    key = evaluate(rule.distinct, doc) if rule.distinct is not None else None
-                    if key is None:
-                        loose[trait].append(value)
-                        continue
-                    version = (row.occurred_at, row.inbox_id)
-                    slot = (trait, index, json.dumps(key, sort_keys=True, default=str))
-                    if slot not in keyed or version >= keyed[slot][0]:
-                        keyed[slot] = (version, value)
-        for (trait, _, _), (_, value) in keyed.items():
-            loose[trait].append(value)
-        return loose
+                    self._fold(states[trait], index, rule, doc, version)
+        return states
 
     @staticmethod
     def _contribution(rule: TraitRule, doc: dict[str, Any]) -> Any:
@@ -483,6 +516,20 @@ class ProfileWriter:
                 "detail": new if is_event else None,
             }
         )
+
+
+def _result(state: Mapping[str, Any] | None, keep: str) -> Any:
+    """An aggregate trait's value from its running state (None: nothing contributed yet)."""
+    if state is None:
+        return None
+    loose, slots = state["loose"], [value for _, value in state["slots"].values()]
+    if loose is None and not slots:
+        return None
+    if keep in ("sum", "count"):
+        total = (loose or 0) + sum(slots)
+        return round(total, 6) if isinstance(total, float) else total
+    values = ([] if loose is None else [loose]) + slots
+    return max(values) if keep == "max" else min(values)
 
 
 def _consent_wins(new: Mapping[str, Any], current: Mapping[str, Any]) -> bool:

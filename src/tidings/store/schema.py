@@ -108,6 +108,8 @@ profiles = Table(
     Column("traits", JSON, nullable=False),  # field -> value
     Column("trait_versions", JSON, nullable=False),  # field -> [occurred_at ISO, inbox id]
     Column("consent", JSON, nullable=False),  # channel -> {state, at, source, inbox_id}
+    # aggregate trait -> running state, so a new order costs the same whatever the history
+    Column("aggregates", JSON, nullable=False, server_default="{}"),
 )
 
 identities = Table(
