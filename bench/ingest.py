@@ -524,7 +524,7 @@ class Bench:
             if self.args.tidings_cmd:
                 argv = [a.replace("{config}", str(config)) for a in self.args.tidings_cmd.split()]
             else:
-                argv = [venv_bin("tidings"), "serve", "-c", str(config)]
+                argv = [venv_bin("tidings"), "serve", "-c", str(config), "--role", self.args.role]
             ready = f"http://127.0.0.1:{port}/readyz"
         return Server(argv, ready_url=ready, log_path=workdir / "server.log", env=env)
 
@@ -963,6 +963,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tidings-cmd",
         default=None,
         help="A/B experiments: the server command instead of `tidings serve -c {config}`",
+    )
+    p.add_argument(
+        "--role",
+        default="ingest",
+        choices=["ingest", "all"],
+        help="ingest (default): what this benchmark measures, receiving and durably storing, as an "
+        "ingest node runs it; all: with the processing stage (mapping, profiles) in the same process",
     )
     p.add_argument("--tag", default="", help="suffix of the result files: ingest-<date>-<tag>.json")
     p.add_argument("--keep", action="store_true", help="keep the SQLite files and server logs")
