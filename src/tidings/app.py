@@ -8,8 +8,14 @@ import logging
 from types import TracebackType
 from typing import Any
 
+import httpx
+
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
+from tidings.delivery.dispatcher import Dispatcher
+from tidings.delivery.sync import ProfileRenderer
+from tidings.destinations.base import Destination
+from tidings.destinations.registry import destination_class
 from tidings.ingest.base import Receiver
 from tidings.ingest.committer import GroupCommitter
 from tidings.ingest.registry import receiver_class
@@ -55,8 +61,23 @@ class Tidings:
             computed=settings.profile.computed(),
             clock=self.clock,
             metrics=self.metrics,
+            sync_to=[name for name, cfg in settings.destinations.items() if cfg.profile_sync is not None],
         )
         self.committer.on_commit = self.processor.wake
+        # One pooled, keep-alive HTTP client for every destination.
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        self.destinations: dict[str, Destination[Any]] = {
+            name: destination_class(cfg.kind)(name, cfg, self.http)
+            for name, cfg in settings.destinations.items()
+        }
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.destinations,
+            clock=self.clock,
+            metrics=self.metrics,
+            prepare=ProfileRenderer(self.store, self.destinations),
+        )
+        self.processor.on_applied = self.dispatcher.wake
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -68,12 +89,15 @@ class Tidings:
         self.committer.start()
         if self.process:
             self.processor.start()
+            self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="tidings-dedupe-purge"))
 
     async def stop(self) -> None:
         """Stop taking work, finish what was accepted, then close the store."""
         await self.committer.stop()
         await self.processor.stop()
+        await self.dispatcher.stop()
+        await self.http.aclose()
         self._stopping.set()
         for task in self._tasks:
             await task
@@ -85,7 +109,8 @@ class Tidings:
                 removed = await self.store.write(lambda conn: purge_dedupe_keys(conn, self.clock.now()))
                 if removed:
                     log.info(
-                        "expired dedupe keys removed", extra={"action": "dedupe_purge", "count": removed}
+                        "expired dedupe keys removed",
+                        extra={"action": "dedupe_purge", "count": removed},
                     )
             except Exception:
                 log.exception("dedupe purge failed", extra={"action": "dedupe_purge_failed"})
@@ -98,6 +123,9 @@ class Tidings:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()

@@ -25,6 +25,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from tidings.configmodel import ConfigModel, Duration, Name, SecretList, parse_duration
+from tidings.destinations.registry import DestinationSettingsUnion
 from tidings.exceptions import ConfigProblem, ConfigurationError
 from tidings.ingest.registry import SourceSettingsUnion
 from tidings.profiles.traits import ProfileSettings
@@ -104,7 +105,7 @@ class Settings(ConfigModel):
     storage: StorageSettings = StorageSettings()
     sources: dict[Name, SourceSettingsUnion] = {}
     # Sections owned by later stages; their place in the file is fixed now.
-    destinations: dict[Name, dict[str, Any]] = {}
+    destinations: dict[Name, DestinationSettingsUnion] = {}
     profile: ProfileSettings = ProfileSettings()
     flows: dict[Name, dict[str, Any]] = {}
     privacy: dict[str, Any] = {}

@@ -3,6 +3,10 @@
     TidingsError                      base; the class docstring is the default message
     ├── ConfigurationError            tidings.yaml is wrong; carries every problem found
     ├── StoreError                    the database failed (the driver error is __cause__)
+    ├── DeliveryError                 a destination did not take an effect; the dispatcher decides what next
+    │   ├── RetryableDeliveryError    5xx, 429, timeouts, connection errors; .retry_after in seconds
+    │   └── PermanentDeliveryError    400/404/422: to the dead letters with the vendor's own words
+    │       └── DestinationAuthError  401/403: the destination is paused, loudly
     └── IngestError                   a request was refused; carries an HTTP status and an error code
         ├── UnknownSource             404
         ├── PayloadTooLarge           413
@@ -51,6 +55,32 @@ class ConfigurationError(TidingsError):
 
 class StoreError(TidingsError):
     """The store could not complete the operation."""
+
+
+class DeliveryError(TidingsError):
+    """The destination did not take the effect."""
+
+    def __init__(self, detail: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class RetryableDeliveryError(DeliveryError):
+    """The destination failed for now; the effect is tried again later."""
+
+    def __init__(
+        self, detail: str | None = None, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The destination refused the effect for good; it goes to the dead letters."""
+
+
+class DestinationAuthError(PermanentDeliveryError):
+    """The destination rejected tidings' credentials; it is paused until they work again."""
 
 
 class IngestError(TidingsError):

@@ -60,6 +60,26 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.deliveries = Counter(
+            "tidings_deliveries_total",
+            "Delivery attempts settled, by destination and outcome (delivered, retry, dead, paused).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "tidings_delivery_seconds",
+            "Time a destination took to answer, by destination.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivered_data_age = Histogram(
+            "tidings_delivered_data_age_seconds",
+            "Freshness: acknowledgement time minus the occurred_at of the newest event an effect carried.",
+            ["destination"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
         self.pending_writes = Gauge(
             "tidings_inbox_pending_writes", "Requests waiting for the next group commit.", registry=r
         )

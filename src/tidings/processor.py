@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -22,6 +23,8 @@ from sqlalchemy import Connection, Integer, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tidings.clock import Clock
+from tidings.delivery import outbox
+from tidings.delivery.effects import UPSERT_CONTACT
 from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
@@ -75,8 +78,11 @@ class Processor:
         clock: Clock,
         metrics: Metrics,
         batch_size: int = 500,
+        sync_to: Sequence[str] = (),
     ) -> None:
         self.store = store
+        self.sync_to = tuple(sync_to)  # destinations with profile_sync
+        self.on_applied: Callable[[], None] = lambda: None  # told after a batch applied events
         self.mappers = mappers
         self.computed = computed
         self.clock = clock
@@ -126,6 +132,7 @@ class Processor:
             outcome.update(self._apply_one_by_one(conn, writer, ordered))
         else:
             _apply_all(writer, ordered)
+        self._enqueue_syncs(conn, writer.touched, now)
         applied = []
         for event in ordered:
             if event.inbox_id not in outcome:
@@ -136,6 +143,26 @@ class Processor:
                 ids = [i for i, (s, e) in outcome.items() if s == status and e == error]
                 conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(status=status, error=error))
         return applied
+
+    def _enqueue_syncs(self, conn: Connection, touched: Mapping[int, datetime], now: datetime) -> None:
+        """Profile sync: one pending push per changed contact and destination, in this transaction.
+
+        Pushes coalesce: while one is pending, later changes join it, and it carries the profile as
+        it is when sent, so a burst of changes becomes one request with the freshest values.
+        """
+        for destination in self.sync_to:
+            for pid, newest in touched.items():
+                outbox.enqueue(
+                    conn,
+                    destination=destination,
+                    action=UPSERT_CONTACT,
+                    idempotency_key=f"{destination}:sync:{pid}:{uuid.uuid4().hex}",
+                    coalesce_key=f"{destination}:sync:{pid}",
+                    profile_id=pid,
+                    payload={"profile_id": pid},
+                    now=now,
+                    data_occurred_at=newest,
+                )
 
     @staticmethod
     def _apply_one_by_one(
@@ -239,6 +266,8 @@ class Processor:
                 await asyncio.sleep(LINGER_SECONDS)
 
     def _observe(self, applied: list[Applied]) -> None:
+        if applied:
+            self.on_applied()
         now = self.clock.now()
         for a in applied:
             self.metrics.receipt_delay.labels(a.source).observe(

@@ -100,6 +100,8 @@ class ProfileWriter:
         self.now = now
         self.lock = conn.dialect.name == "postgresql"
         self.aggregates = {t: r for t, r in computed.items() if r and r[0].keep in AGGREGATES}
+        # Profiles whose traits, consent or identity changed (written), with the newest event's time.
+        self.touched: dict[int, datetime] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -170,7 +172,9 @@ class ProfileWriter:
             self._dirty.clear()
         if self._notes:
             for note in self._notes:
-                note["profile_id"] = self._current(note["profile_id"])
+                note["profile_id"] = pid = self._current(note["profile_id"])
+                if note["kind"] != "event":
+                    self.touched[pid] = max(note["at"], self.touched.get(pid, note["at"]))
             self.conn.execute(insert(timeline), self._notes)
             self._notes = []
 

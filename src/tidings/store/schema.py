@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 
@@ -166,4 +167,66 @@ profile_merges = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("event_id", Id, ForeignKey("events.id", ondelete="SET NULL")),
     Column("identities", JSON, nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- delivery
+
+# One row per intended effect, written in the transaction of the decision that causes it.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("destination", String(100), nullable=False),
+    Column("action", String(50), nullable=False),
+    Column("idempotency_key", String(400), nullable=False, unique=True),
+    # Effects on one contact that coalesce (profile sync): at most one pending row per key.
+    Column("coalesce_key", String(400)),
+    Column("profile_id", Id),
+    Column("payload", JSON, nullable=False),
+    # pending -> in_flight -> delivered | dead; in_flight past its lease is retried (crash recovery)
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_until", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("data_occurred_at", UTCDateTime()),  # the newest event the effect carries (freshness)
+    Column("delivered_at", UTCDateTime()),
+    Column("remote_id", String(200)),
+    Column("last_error", Text),
+    Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    Index("ix_outbox_destination_status", "destination", "status"),
+    Index(
+        "uq_outbox_pending_coalesce_key",
+        "coalesce_key",
+        unique=True,
+        sqlite_where=text("status = 'pending' AND coalesce_key IS NOT NULL"),
+        postgresql_where=text("status = 'pending' AND coalesce_key IS NOT NULL"),
+    ),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("outbox_id", Id, ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("request", JSON, nullable=False),  # method, url, size: never credentials or bodies
+    Column("status_code", Integer),
+    Column("latency_ms", Integer),
+    Column("outcome", String(20), nullable=False),  # delivered | retry | dead | paused
+    Column("error", Text),
+    Index("ix_delivery_attempts_outbox_id", "outbox_id"),
+)
+
+# Shared by every worker of a destination: the circuit breaker and pauses.
+destination_state = Table(
+    "destination_state",
+    metadata,
+    Column("destination", String(100), primary_key=True),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("paused_until", UTCDateTime()),
+    Column("paused_reason", Text),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

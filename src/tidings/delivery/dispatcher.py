@@ -1,0 +1,272 @@
+"""The dispatcher: claims due effects, sends each within its destination's budget, settles it.
+
+Every outcome is decided here, from the error class a destination raised:
+- delivered: recorded with the vendor's id and the freshness of the data it carried;
+- RetryableDeliveryError (5xx, 429, timeouts): tried again on the schedule, never sooner than
+  the vendor's Retry-After; enough failures in a row open the circuit (the destination is paused,
+  then probed by the next due effect);
+- PermanentDeliveryError (400, 404, 422): to the dead letters with the vendor's own words;
+- DestinationAuthError (401, 403): the destination is paused and an error is logged, loudly;
+- an effect whose process died mid-send (its lease ran out) is retried if its action is
+  idempotent for that destination, else parked in the dead letters: sending twice is worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from tidings.clock import Clock
+from tidings.delivery import outbox
+from tidings.delivery.effects import Effect, Receipt
+from tidings.delivery.limits import Limiter
+from tidings.delivery.retry import Breaker, RetryPolicy
+from tidings.destinations.base import Destination
+from tidings.exceptions import (
+    DeliveryError,
+    DestinationAuthError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from tidings.metrics import Metrics
+from tidings.store import Store
+
+log = logging.getLogger("tidings.delivery")
+
+POLL_SECONDS = 1.0
+LEASE = timedelta(minutes=5)
+
+# Turns an effect as stored into what the destination is given (profile sync renders the
+# profile's current fields here, so a coalesced push carries the freshest values).
+Prepare = Callable[[Effect], Awaitable[Effect | None]]
+
+
+async def _as_is(effect: Effect) -> Effect | None:
+    return effect
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        destinations: Mapping[str, Destination[Any]],
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        prepare: Prepare = _as_is,
+        retry: RetryPolicy | None = None,
+        breaker: Breaker | None = None,
+        batch_size: int = 100,
+    ) -> None:
+        self.store = store
+        self.destinations = destinations
+        self.clock = clock
+        self.metrics = metrics
+        self.prepare = prepare
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or Breaker()
+        self.batch_size = batch_size
+        self.limiters = {name: Limiter(d.limits) for name, d in destinations.items()}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ one round
+
+    async def run_once(self) -> int:
+        """Claim what is due and send it all; return how many effects were settled."""
+        now = self.clock.now()
+        claimed = await self.store.write(
+            lambda conn: outbox.claim(
+                conn,
+                now,
+                limit=self.batch_size,
+                lease=LEASE,
+                skip=outbox.paused_destinations(conn, now),
+            )
+        )
+        await asyncio.gather(*(self._send(c) for c in claimed))
+        return len(claimed)
+
+    async def drain(self) -> None:
+        """Send until nothing is due now (for the CLI, tests and the simulator)."""
+        while await self.run_once():
+            pass
+
+    async def _send(self, claimed: outbox.Claimed) -> None:
+        effect = claimed.effect
+        destination = self.destinations.get(effect.destination)
+        if destination is None:
+            await self._settle(effect, "dead", f"destination {effect.destination!r} is not configured")
+            return
+        if claimed.recovered and effect.action not in destination.idempotent_actions:
+            unknown = (
+                "outcome unknown: tidings stopped while sending; not repeated, since "
+                f"{effect.action} is not idempotent at {destination.kind} "
+                "(retry it by hand if it did not arrive)"
+            )
+            await self._settle(effect, "dead", unknown)
+            return
+        prepared = await self.prepare(effect)
+        if prepared is None:
+            await self._settle(
+                effect, "delivered", None, receipt=Receipt(detail={"skipped": "nothing to send"})
+            )
+            return
+        started = time.perf_counter()
+        async with self.limiters[effect.destination].slot():
+            try:
+                receipt = await destination.deliver(prepared)
+            except DeliveryError as exc:
+                await self._failed(effect, destination, exc, time.perf_counter() - started)
+                return
+        latency = time.perf_counter() - started
+        await self._settle(
+            effect,
+            "delivered",
+            None,
+            receipt=receipt,
+            latency=latency,
+            data_occurred_at=claimed.data_occurred_at,
+        )
+
+    async def _failed(
+        self, effect: Effect, destination: Destination[Any], exc: DeliveryError, latency: float
+    ) -> None:
+        now = self.clock.now()
+        if isinstance(exc, DestinationAuthError):
+            log.error(
+                "destination rejected the credentials; paused",
+                extra={
+                    "action": "destination_paused",
+                    "destination": destination.name,
+                    "status": exc.status,
+                },
+            )
+            until = now + timedelta(seconds=self.breaker.auth_pause)
+            await self._settle(
+                effect,
+                "paused",
+                str(exc),
+                status=exc.status,
+                latency=latency,
+                retry_at=now,
+                pause=(until, f"credentials rejected: {exc}"),
+            )
+            return
+        if isinstance(exc, PermanentDeliveryError):
+            await self._settle(effect, "dead", str(exc), status=exc.status, latency=latency)
+            return
+        assert isinstance(exc, RetryableDeliveryError)
+        wait = self.retry.delay(effect.attempt, exc.retry_after)
+        if wait is None:
+            await self._settle(
+                effect,
+                "dead",
+                f"gave up after {effect.attempt} attempts: {exc}",
+                status=exc.status,
+                latency=latency,
+                failure=True,
+            )
+            return
+        await self._settle(
+            effect,
+            "retry",
+            str(exc),
+            status=exc.status,
+            latency=latency,
+            retry_at=now + wait,
+            failure=True,
+        )
+
+    async def _settle(
+        self,
+        effect: Effect,
+        outcome: str,
+        error: str | None,
+        *,
+        receipt: Receipt | None = None,
+        status: int | None = None,
+        latency: float | None = None,
+        retry_at: datetime | None = None,
+        failure: bool = False,
+        pause: tuple[datetime, str] | None = None,
+        data_occurred_at: datetime | None = None,
+    ) -> None:
+        now = self.clock.now()
+        destination = effect.destination
+
+        def write(conn: Any) -> None:
+            outbox.record_attempt(
+                conn,
+                effect.id,
+                now=now,
+                request={"action": effect.action, "attempt": effect.attempt},
+                status_code=status if receipt is None else receipt.status_code,
+                latency_ms=None if latency is None else int(latency * 1000),
+                outcome=outcome,
+                error=error,
+            )
+            if outcome == "delivered":
+                outbox.mark_delivered(conn, effect.id, now, receipt.remote_id if receipt else None)
+                outbox.note_success(conn, destination, now)
+            elif outcome == "dead":
+                outbox.mark_dead(conn, effect.id, now, error or "")
+            else:
+                outbox.mark_retry(conn, effect.id, now, retry_at or now, error or "")
+            if pause is not None:
+                outbox.pause(conn, destination, now, pause[0], pause[1])
+            elif failure:
+                failures = outbox.note_failure(conn, destination, now)
+                wait = self.breaker.pause_for(failures)
+                if wait is not None:
+                    outbox.pause(
+                        conn,
+                        destination,
+                        now,
+                        now + wait,
+                        f"circuit open after {failures} failures",
+                    )
+
+        await self.store.write(write)
+        self.metrics.deliveries.labels(destination, outcome).inc()
+        if latency is not None:
+            self.metrics.delivery_seconds.labels(destination).observe(latency)
+        if outcome == "delivered" and data_occurred_at is not None:
+            self.metrics.delivered_data_age.labels(destination).observe(
+                max(0.0, (now - data_occurred_at).total_seconds())
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="tidings-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                sent = await self.run_once()
+            except Exception:
+                log.exception("dispatch round failed; retrying", extra={"action": "dispatch_failed"})
+                sent = 0
+            if sent < self.batch_size and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._wake.wait()

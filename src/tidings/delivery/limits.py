@@ -1,0 +1,52 @@
+"""A destination's budget: at most N requests at once and at most M per window, before sending."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from tidings.destinations.base import Limits
+
+
+class Limiter:
+    """Concurrency (a semaphore) and sliding windows (timestamps of recent starts).
+
+    Budgets are per process: with several workers on one account, give each a share of the
+    vendor's limit in `destinations.<name>.limits`.
+    """
+
+    def __init__(self, limits: Limits, monotonic: Callable[[], float] | None = None) -> None:
+        self._semaphore = asyncio.Semaphore(limits.concurrency) if limits.concurrency else None
+        self._windows = [(w.requests, w.per.total_seconds(), deque[float]()) for w in limits.windows]
+        self._lock = asyncio.Lock()
+        self._now = monotonic or time.monotonic
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._semaphore is not None:
+            await self._semaphore.acquire()
+        try:
+            await self._wait_for_window()
+            yield
+        finally:
+            if self._semaphore is not None:
+                self._semaphore.release()
+
+    async def _wait_for_window(self) -> None:
+        async with self._lock:  # starts are taken in order, so the windows stay exact
+            while True:
+                now = self._now()
+                wait = 0.0
+                for requests, seconds, starts in self._windows:
+                    while starts and starts[0] <= now - seconds:
+                        starts.popleft()
+                    if len(starts) >= requests:
+                        wait = max(wait, starts[0] + seconds - now)
+                if wait <= 0:
+                    for _, _, starts in self._windows:
+                        starts.append(now)
+                    return
+                await asyncio.sleep(wait)

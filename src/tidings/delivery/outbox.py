@@ -1,0 +1,272 @@
+"""SQL of the outbox: enqueue (idempotent, coalescing), claim with a lease, settle, list, retry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tidings.delivery.effects import Effect
+from tidings.store.schema import delivery_attempts, destination_state, outbox
+
+PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    destination: str,
+    action: str,
+    idempotency_key: str,
+    payload: dict[str, Any],
+    now: datetime,
+    coalesce_key: str | None = None,
+    profile_id: int | None = None,
+    data_occurred_at: datetime | None = None,
+) -> bool:
+    """Add an effect; False if it is already there (same idempotency key) or coalesced into a
+    pending one (same coalesce key: the pending one will carry the freshest data when sent)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(outbox).on_conflict_do_nothing()
+    added = conn.execute(
+        stmt,
+        {
+            "destination": destination,
+            "action": action,
+            "idempotency_key": idempotency_key,
+            "coalesce_key": coalesce_key,
+            "profile_id": profile_id,
+            "payload": payload,
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "data_occurred_at": data_occurred_at,
+        },
+    ).rowcount
+    if not added and coalesce_key is not None and data_occurred_at is not None:
+        conn.execute(
+            update(outbox)
+            .where(
+                outbox.c.coalesce_key == coalesce_key,
+                outbox.c.status == PENDING,
+                or_(
+                    outbox.c.data_occurred_at.is_(None),
+                    outbox.c.data_occurred_at < data_occurred_at,
+                ),
+            )
+            .values(data_occurred_at=data_occurred_at, updated_at=now)
+        )
+    return bool(added)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    effect: Effect
+    recovered: bool  # it was in flight when a process died: its outcome is unknown
+    data_occurred_at: datetime | None
+
+
+def paused_destinations(conn: Connection, now: datetime) -> set[str]:
+    rows = conn.execute(select(destination_state.c.destination).where(destination_state.c.paused_until > now))
+    return set(rows.scalars())
+
+
+def claim(conn: Connection, now: datetime, *, limit: int, lease: timedelta, skip: set[str]) -> list[Claimed]:
+    """Due effects (and any whose lease ran out), marked in flight until `now + lease`."""
+    due = or_(
+        and_(outbox.c.status == PENDING, outbox.c.next_attempt_at <= now),
+        and_(outbox.c.status == IN_FLIGHT, outbox.c.lease_until < now),
+    )
+    stmt = select(outbox).where(due)
+    if skip:
+        stmt = stmt.where(outbox.c.destination.not_in(sorted(skip)))
+    rows = conn.execute(stmt.order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+    if not rows:
+        return []
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_([r.id for r in rows]))
+        .values(
+            status=IN_FLIGHT,
+            lease_until=now + lease,
+            attempts=outbox.c.attempts + 1,
+            updated_at=now,
+        )
+    )
+    return [
+        Claimed(
+            Effect(
+                id=r.id,
+                destination=r.destination,
+                action=r.action,
+                idempotency_key=r.idempotency_key,
+                payload=dict(r.payload),
+                attempt=r.attempts + 1,
+            ),
+            recovered=r.status == IN_FLIGHT,
+            data_occurred_at=r.data_occurred_at,
+        )
+        for r in rows
+    ]
+
+
+def record_attempt(
+    conn: Connection,
+    effect_id: int,
+    *,
+    now: datetime,
+    request: dict[str, Any],
+    status_code: int | None,
+    latency_ms: int | None,
+    outcome: str,
+    error: str | None,
+) -> None:
+    conn.execute(
+        insert(delivery_attempts),
+        {
+            "outbox_id": effect_id,
+            "at": now,
+            "request": request,
+            "status_code": status_code,
+            "latency_ms": latency_ms,
+            "outcome": outcome,
+            "error": error,
+        },
+    )
+
+
+def mark_delivered(conn: Connection, effect_id: int, now: datetime, remote_id: str | None) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == effect_id)
+        .values(
+            status=DELIVERED,
+            delivered_at=now,
+            remote_id=remote_id,
+            lease_until=None,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+
+
+def mark_retry(conn: Connection, effect_id: int, now: datetime, at: datetime, error: str) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == effect_id)
+        .values(status=PENDING, next_attempt_at=at, lease_until=None, last_error=error, updated_at=now)
+    )
+
+
+def mark_dead(conn: Connection, effect_id: int, now: datetime, error: str) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == effect_id)
+        .values(status=DEAD, lease_until=None, last_error=error, updated_at=now)
+    )
+
+
+def note_failure(conn: Connection, destination: str, now: datetime) -> int:
+    """Count a failure in a row for the destination (shared by every worker); return the count."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(destination_state).values(
+        destination=destination, consecutive_failures=1, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[destination_state.c.destination],
+        set_={
+            "consecutive_failures": destination_state.c.consecutive_failures + 1,
+            "updated_at": now,
+        },
+    )
+    conn.execute(stmt)
+    return int(
+        conn.execute(
+            select(destination_state.c.consecutive_failures).where(
+                destination_state.c.destination == destination
+            )
+        ).scalar_one()
+    )
+
+
+def note_success(conn: Connection, destination: str, now: datetime) -> None:
+    conn.execute(
+        update(destination_state)
+        .where(destination_state.c.destination == destination)
+        .values(consecutive_failures=0, paused_until=None, paused_reason=None, updated_at=now)
+    )
+
+
+def pause(conn: Connection, destination: str, now: datetime, until: datetime, reason: str) -> None:
+    """Hold back every effect of the destination until `until` (shared by every worker)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    values = {"paused_until": until, "paused_reason": reason, "updated_at": now}
+    stmt = dialect.insert(destination_state).values(destination=destination, consecutive_failures=0, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[destination_state.c.destination], set_=values))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    id: int
+    destination: str
+    action: str
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+    idempotency_key: str
+
+
+def list_deliveries(
+    conn: Connection, *, status: str | None = None, destination: str | None = None, limit: int = 50
+) -> list[Delivery]:
+    stmt = select(outbox).order_by(outbox.c.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(outbox.c.status == status)
+    if destination is not None:
+        stmt = stmt.where(outbox.c.destination == destination)
+    return [
+        Delivery(
+            id=r.id,
+            destination=r.destination,
+            action=r.action,
+            status=r.status,
+            attempts=r.attempts,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            delivered_at=r.delivered_at,
+            last_error=r.last_error,
+            idempotency_key=r.idempotency_key,
+        )
+        for r in conn.execute(stmt)
+    ]
+
+
+def retry_dead(conn: Connection, now: datetime, ids: Sequence[int] | None = None) -> int:
+    """Send dead letters again (all of them, or these ids): pending now, attempts counted afresh."""
+    stmt = update(outbox).where(outbox.c.status == DEAD)
+    if ids is not None:
+        stmt = stmt.where(outbox.c.id.in_(list(ids)))
+    return int(
+        conn.execute(stmt.values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)).rowcount
+    )
+
+
+def counts(conn: Connection) -> dict[str, dict[str, int]]:
+    rows = conn.execute(
+        select(outbox.c.destination, outbox.c.status, func.count().label("n")).group_by(
+            outbox.c.destination, outbox.c.status
+        )
+    )
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        out.setdefault(r.destination, {})[r.status] = r.n
+    return out

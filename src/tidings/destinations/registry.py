@@ -1,0 +1,21 @@
+"""The destination kinds tidings knows: `kind:` under `destinations:` to its class."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from tidings.destinations.base import Destination
+from tidings.destinations.webhook import WebhookDestination
+
+DESTINATIONS: dict[str, type[Destination[Any]]] = {cls.kind: cls for cls in (WebhookDestination,)}
+
+_models = tuple(cls.settings_model for cls in DESTINATIONS.values())
+DestinationSettingsUnion: Any = (
+    Annotated[Union[_models], Field(discriminator="kind")] if len(_models) > 1 else _models[0]  # noqa: UP007
+)
+
+
+def destination_class(kind: str) -> type[Destination[Any]]:
+    return DESTINATIONS[kind]

@@ -1,0 +1,65 @@
+"""The generic destination: a JSON POST signed the Standard Webhooks way.
+
+Any receiver that verifies Standard Webhooks (a `standardwebhooks` library, Svix, tidings itself)
+can check it. `webhook-id` is the effect's idempotency key, so a receiver that deduplicates on it
+(as the specification asks) makes a retried delivery harmless: every action is idempotent here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Literal
+
+from pydantic import SecretStr, field_validator
+
+from tidings.delivery.effects import ACTIONS, Effect, Receipt
+from tidings.destinations.base import Destination, DestinationSettings
+
+
+class WebhookSettings(DestinationSettings):
+    kind: Literal["webhook"]
+    url: str
+    secret: SecretStr  # whsec_ + base64, as Standard Webhooks secrets are
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, secret: SecretStr) -> SecretStr:
+        try:
+            base64.b64decode(secret.get_secret_value().removeprefix("whsec_"), validate=True)
+        except ValueError as exc:
+            raise ValueError("the secret must be whsec_ followed by base64") from exc
+        return secret
+
+
+class WebhookDestination(Destination[WebhookSettings]):
+    kind = "webhook"
+    settings_model = WebhookSettings
+    actions = frozenset(ACTIONS)
+    idempotent_actions = frozenset(ACTIONS)
+
+    async def deliver(self, effect: Effect) -> Receipt:
+        body = json.dumps(
+            {"type": effect.action, "timestamp": int(time.time()), "data": effect.payload},
+            separators=(",", ":"),
+        ).encode()
+        stamp = str(int(time.time()))
+        key = base64.b64decode(self.settings.secret.get_secret_value().removeprefix("whsec_"))
+        signed = f"{effect.idempotency_key}.{stamp}.".encode() + body
+        signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        response = await self.request(
+            "POST",
+            self.settings.url,
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "webhook-id": effect.idempotency_key,
+                "webhook-timestamp": stamp,
+                "webhook-signature": f"v1,{signature}",
+            },
+        )
+        self.check(response)
+        return Receipt(status_code=response.status_code)

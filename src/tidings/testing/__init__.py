@@ -1,0 +1,12 @@
+"""Local stand-ins for the vendors tidings talks to, for tests, sandbox mode and the demo.
+
+Each is a real HTTP server on 127.0.0.1 that follows its vendor's contract, records every request,
+and can be told to fail (status codes, Retry-After, slowness).
+"""
+
+from __future__ import annotations
+
+from tidings.testing.simulator import Fault, Recorded, Simulator
+from tidings.testing.webhook_sink import WebhookSink
+
+__all__ = ["Fault", "Recorded", "Simulator", "WebhookSink"]
