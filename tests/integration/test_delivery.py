@@ -52,7 +52,7 @@ async def post(client, call: str, body: dict[str, Any]) -> None:
 
 
 def rows(tidings, table=outbox_table):
-    order = list(table.primary_key.columns)[0]
+    order = next(iter(table.primary_key.columns))
     return tidings.store.read_sync(lambda c: list(c.execute(select(table).order_by(order))))
 
 
@@ -228,3 +228,49 @@ async def test_a_send_whose_outcome_a_crash_left_unknown_is_not_repeated(running
         assert by_name["crm"].status == "delivered"  # an upsert is safe to repeat
         assert by_name["mailer"].status == "dead"
         assert "outcome unknown" in by_name["mailer"].last_error
+
+
+async def test_dead_letters_are_listed_and_retried_through_the_api_and_the_cli(running, sink, clock) -> None:
+    from typer.testing import CliRunner
+
+    from tidings.cli import app
+
+    read, write = "read-token-0123456789", "write-token-0123456789"
+    yaml_text = (
+        config(sink.url)
+        + f"""
+server:
+  admin_tokens:
+    - {{name: r, token: "{read}", scopes: [read]}}
+    - {{name: w, token: "{write}", scopes: [read, write]}}
+"""
+    )
+    async with running(yaml_text) as (tidings, client):
+        await push(tidings, clock)
+        sink.fail_next(status=400, body={"error": "bad field"})
+        await tidings.dispatcher.run_once()
+        dead = (
+            await client.get("/api/v1/deliveries?status=dead", headers={"authorization": f"Bearer {read}"})
+        ).json()
+        assert [(d["destination"], d["status"]) for d in dead] == [("crm", "dead")]
+        assert "bad field" in dead[0]["error"]
+        refused = await client.post(
+            "/api/v1/deliveries/retry", json={}, headers={"authorization": f"Bearer {read}"}
+        )
+        assert refused.status_code == 403
+        queued = await client.post(
+            "/api/v1/deliveries/retry",
+            json={"ids": [dead[0]["id"]]},
+            headers={"authorization": f"Bearer {write}"},
+        )
+        assert queued.json() == {"queued": 1}
+        await tidings.dispatcher.run_once()
+        assert rows(tidings)[0].status == "delivered"
+        if tidings.store.dialect == "sqlite":  # the CLI reads the same store
+            path = tidings.settings.storage.url.removeprefix("sqlite:///")
+            cfg = f"{path}.yaml"
+            with open(cfg, "w") as f:
+                f.write(f"storage:\n  url: sqlite:///{path}\n")
+            listed = CliRunner().invoke(app, ["deliveries", "list", "--json", "-c", cfg])
+            assert listed.exit_code == 0, listed.output
+            assert '"status": "delivered"' in listed.output

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tidings.api import profiles
 from tidings.api.auth import require
+from tidings.delivery import outbox
 from tidings.store.inbox import InboxEntry, list_entries
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
@@ -84,3 +85,60 @@ async def list_events(
 
 # GET /api/v1/profiles/{ref} and /api/v1/profiles/{ref}/timeline
 router.include_router(profiles.router)
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    destination: str
+    action: str
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    error: str | None
+
+
+class RetryRequest(BaseModel):
+    ids: list[int] | None = None  # None: every dead letter
+
+
+class RetryResult(BaseModel):
+    queued: int
+
+
+@router.get("/deliveries", response_model=list[DeliveryOut], summary="Deliveries, newest first")
+async def list_deliveries(
+    request: Request,
+    _: Annotated[str, Depends(require("read"))],
+    status: Literal["pending", "in_flight", "delivered", "dead"] | None = None,
+    destination: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[DeliveryOut]:
+    rows = await request.app.state.tidings.store.read(
+        lambda conn: outbox.list_deliveries(conn, status=status, destination=destination, limit=limit)
+    )
+    return [
+        DeliveryOut(
+            id=r.id,
+            destination=r.destination,
+            action=r.action,
+            status=r.status,
+            attempts=r.attempts,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            delivered_at=r.delivered_at,
+            error=r.last_error,
+        )
+        for r in rows
+    ]
+
+
+@router.post("/deliveries/retry", response_model=RetryResult, summary="Send dead letters again")
+async def retry_deliveries(
+    request: Request, body: RetryRequest, _: Annotated[str, Depends(require("write"))]
+) -> RetryResult:
+    tidings = request.app.state.tidings
+    queued = await tidings.store.write(lambda conn: outbox.retry_dead(conn, tidings.clock.now(), body.ids))
+    tidings.dispatcher.wake()
+    return RetryResult(queued=queued)
