@@ -7,9 +7,12 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from tidings.destinations.base import Destination
+from tidings.destinations.klaviyo import KlaviyoDestination
 from tidings.destinations.webhook import WebhookDestination
 
-DESTINATIONS: dict[str, type[Destination[Any]]] = {cls.kind: cls for cls in (WebhookDestination,)}
+DESTINATIONS: dict[str, type[Destination[Any]]] = {
+    cls.kind: cls for cls in (WebhookDestination, KlaviyoDestination)
+}
 
 _models = tuple(cls.settings_model for cls in DESTINATIONS.values())
 DestinationSettingsUnion: Any = (
