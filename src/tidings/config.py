@@ -214,9 +214,11 @@ def _pydantic_problems(file: str, tree: Any, error: ValidationError) -> Iterator
         elif err["type"] == "value_error":
             message = message.removeprefix("Value error, ")
         elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            from tidings.destinations.registry import DESTINATIONS
             from tidings.ingest.registry import RECEIVERS
 
-            loc, known = (*loc, "kind"), ", ".join(RECEIVERS)
+            kinds = DESTINATIONS if loc and loc[0] == "destinations" else RECEIVERS
+            loc, known = (*loc, "kind"), ", ".join(kinds)
             tag = (err.get("ctx") or {}).get("tag")
             message = f"unknown kind {tag!r}; known kinds: {known}" if tag else f"Field required ({known})"
         if loc and loc[-1] == "[key]":  # the key itself is wrong (a section or source name)

@@ -437,3 +437,14 @@ def test_the_starter_file_validates_and_states_the_defaults() -> None:
 def test_the_starter_file_shows_every_source_kind() -> None:
     shown = re.findall(r"^#\s+kind:\s*([\w-]+)", starter(), flags=re.MULTILINE)
     assert sorted(shown) == sorted(RECEIVERS)
+
+
+def test_an_unknown_destination_kind_lists_the_destination_kinds() -> None:
+    from tidings.config import parse_settings
+    from tidings.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as raised:
+        parse_settings("destinations:\n  k:\n    kind: klavio\n", "t.yaml", {})
+    [problem] = raised.value.problems
+    assert (problem.line, problem.path) == (3, "destinations.k.kind")
+    assert "klaviyo" in problem.message and "shopify" not in problem.message
