@@ -8,10 +8,18 @@ from pydantic import Field
 
 from tidings.destinations.base import Destination
 from tidings.destinations.klaviyo import KlaviyoDestination
+from tidings.destinations.mailchimp import MailchimpDestination
+from tidings.destinations.mailchimp_transactional import MailchimpTransactionalDestination
 from tidings.destinations.webhook import WebhookDestination
 
 DESTINATIONS: dict[str, type[Destination[Any]]] = {
-    cls.kind: cls for cls in (WebhookDestination, KlaviyoDestination)
+    cls.kind: cls
+    for cls in (
+        WebhookDestination,
+        KlaviyoDestination,
+        MailchimpDestination,
+        MailchimpTransactionalDestination,
+    )
 }
 
 _models = tuple(cls.settings_model for cls in DESTINATIONS.values())

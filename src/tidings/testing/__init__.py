@@ -7,7 +7,16 @@ and can be told to fail (status codes, Retry-After, slowness).
 from __future__ import annotations
 
 from tidings.testing.klaviyo import KlaviyoSimulator
+from tidings.testing.mailchimp import MailchimpSimulator, MandrillSimulator
 from tidings.testing.simulator import Fault, Recorded, Simulator
 from tidings.testing.webhook_sink import WebhookSink
 
-__all__ = ["Fault", "KlaviyoSimulator", "Recorded", "Simulator", "WebhookSink"]
+__all__ = [
+    "Fault",
+    "KlaviyoSimulator",
+    "MailchimpSimulator",
+    "MandrillSimulator",
+    "Recorded",
+    "Simulator",
+    "WebhookSink",
+]
