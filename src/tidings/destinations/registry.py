@@ -10,6 +10,7 @@ from tidings.destinations.base import Destination
 from tidings.destinations.klaviyo import KlaviyoDestination
 from tidings.destinations.mailchimp import MailchimpDestination
 from tidings.destinations.mailchimp_transactional import MailchimpTransactionalDestination
+from tidings.destinations.sendgrid import SendGridDestination
 from tidings.destinations.webhook import WebhookDestination
 
 DESTINATIONS: dict[str, type[Destination[Any]]] = {
@@ -19,6 +20,7 @@ DESTINATIONS: dict[str, type[Destination[Any]]] = {
         KlaviyoDestination,
         MailchimpDestination,
         MailchimpTransactionalDestination,
+        SendGridDestination,
     )
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tidings.testing.klaviyo import KlaviyoSimulator
 from tidings.testing.mailchimp import MailchimpSimulator, MandrillSimulator
+from tidings.testing.sendgrid import SendGridSimulator
 from tidings.testing.simulator import Fault, Recorded, Simulator
 from tidings.testing.webhook_sink import WebhookSink
 
@@ -17,6 +18,7 @@ __all__ = [
     "MailchimpSimulator",
     "MandrillSimulator",
     "Recorded",
+    "SendGridSimulator",
     "Simulator",
     "WebhookSink",
 ]
