@@ -6,11 +6,13 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
+from tidings.destinations.activecampaign import ActiveCampaignDestination
 from tidings.destinations.base import Destination
 from tidings.destinations.klaviyo import KlaviyoDestination
 from tidings.destinations.mailchimp import MailchimpDestination
 from tidings.destinations.mailchimp_transactional import MailchimpTransactionalDestination
 from tidings.destinations.sendgrid import SendGridDestination
+from tidings.destinations.smtp import SmtpDestination
 from tidings.destinations.webhook import WebhookDestination
 
 DESTINATIONS: dict[str, type[Destination[Any]]] = {
@@ -21,6 +23,8 @@ DESTINATIONS: dict[str, type[Destination[Any]]] = {
         MailchimpDestination,
         MailchimpTransactionalDestination,
         SendGridDestination,
+        ActiveCampaignDestination,
+        SmtpDestination,
     )
 }
 

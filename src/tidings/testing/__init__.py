@@ -6,6 +6,7 @@ and can be told to fail (status codes, Retry-After, slowness).
 
 from __future__ import annotations
 
+from tidings.testing.activecampaign import ActiveCampaignSimulator
 from tidings.testing.klaviyo import KlaviyoSimulator
 from tidings.testing.mailchimp import MailchimpSimulator, MandrillSimulator
 from tidings.testing.sendgrid import SendGridSimulator
@@ -13,6 +14,7 @@ from tidings.testing.simulator import Fault, Recorded, Simulator
 from tidings.testing.webhook_sink import WebhookSink
 
 __all__ = [
+    "ActiveCampaignSimulator",
     "Fault",
     "KlaviyoSimulator",
     "MailchimpSimulator",
