@@ -28,11 +28,11 @@ from tidings.exceptions import DestinationAuthError, PermanentDeliveryError, Ret
 
 TEMPLATES = {
     "welcome": {
-        "subject": "Welcome, $first_name",
-        "text": "Hello $first_name,\nyour code is ${code}. Costs $$5.",
-        "html": "<p>Hello <b>$first_name</b>, code ${code}</p>",
+        "subject": "Welcome, {{ first_name }}",
+        "text": "Hello {{ first_name }},\nyour code is {{ code }}. Costs $5.",
+        "html": "<p>Hello <b>{{ first_name }}</b>, code {{ code }}</p>",
     },
-    "plain": {"subject": "Hi", "text": "Just text for $first_name"},
+    "plain": {"subject": "Hi", "text": "Just text for {{ first_name }}"},
 }
 
 
@@ -135,7 +135,7 @@ async def test_the_same_key_gives_the_same_message_id_and_another_key_another(se
 
 async def test_a_missing_variable_or_template_is_permanent_and_nothing_is_sent(server) -> None:
     controller, handler = server
-    with pytest.raises(PermanentDeliveryError, match="needs the variable 'code'"):
+    with pytest.raises(PermanentDeliveryError, match="'code' is undefined"):
         await deliver(settings(controller.port), send(first_name="Ann"))
     with pytest.raises(PermanentDeliveryError, match="no template 'nope'"):
         await deliver(settings(controller.port), send("nope"))
@@ -146,7 +146,7 @@ async def test_a_missing_variable_or_template_is_permanent_and_nothing_is_sent(s
 
 def test_settings_refuse_a_malformed_placeholder_and_half_a_login() -> None:
     with pytest.raises(ValidationError, match="malformed"):
-        settings(25, templates={"bad": {"subject": "Hi ${name", "text": "x"}})
+        settings(25, templates={"bad": {"subject": "Hi {{ name", "text": "x"}})
     with pytest.raises(ValidationError, match="username and password"):
         settings(25, username="user")
 

@@ -1,8 +1,8 @@
 """Any SMTP server: renders a template from the configuration and sends it with aiosmtplib.
 
-Templates are `string.Template` text (`$name` or `${name}`, `$$` for a dollar sign), filled from
+Templates are Jinja2 (`{{ first_name }}`, `{% for item in cart_items %}`), sandboxed, filled from
 the effect's variables; in the HTML part every value is HTML-escaped. A variable the template
-names but the effect lacks is a permanent error, not a blank in a customer's mail.
+uses but the effect lacks is a permanent error, not a blank in a customer's mail.
 
 The Message-ID is derived from the effect's idempotency key, so a repeated send is recognisable
 (mail clients and some servers collapse duplicates with one Message-ID), but SMTP has no
@@ -18,9 +18,7 @@ sent in the clear unless `starttls: false` says so.
 from __future__ import annotations
 
 import hashlib
-import html
 import ssl
-import string
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Literal
@@ -29,6 +27,7 @@ import aiosmtplib
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
+from tidings import templating
 from tidings.configmodel import ConfigModel
 from tidings.delivery.effects import SEND_TEMPLATE, Effect, Receipt
 from tidings.destinations.base import Destination, DestinationSettings
@@ -66,8 +65,11 @@ class SmtpSettings(DestinationSettings):
                 ("text", template.text),
                 ("html", template.html),
             ):
-                if text is not None and not string.Template(text).is_valid():
-                    raise ValueError(f"template {name!r}: {part} has a malformed $placeholder")
+                if text is not None:
+                    try:
+                        templating.check(text)
+                    except templating.TemplateProblem as exc:
+                        raise ValueError(f"template {name!r}: {part}: {exc}") from exc
         return self
 
 
@@ -154,13 +156,10 @@ class SmtpDestination(Destination[SmtpSettings]):
 
 
 def render(text: str, variables: dict[str, Any], *, what: str, escape: bool = False) -> str:
-    """Fill `$name` placeholders; in HTML every value is escaped."""
-    values = {k: html.escape(str(v)) if escape else str(v) for k, v in variables.items()}
+    """Fill the template; in HTML every value is escaped."""
     try:
-        return string.Template(text).substitute(values)
-    except KeyError as exc:
-        raise PermanentDeliveryError(f"smtp: template {what} needs the variable {exc.args[0]!r}") from exc
-    except ValueError as exc:
+        return templating.render(text, variables, html=escape)
+    except templating.TemplateProblem as exc:
         raise PermanentDeliveryError(f"smtp: template {what}: {exc}") from exc
 
 
