@@ -11,8 +11,10 @@ from pydantic import Field
 
 from tidings.ingest.base import Receiver
 from tidings.ingest.hubspot import HubSpotReceiver
+from tidings.ingest.mailchimp_webhooks import MailchimpWebhooksReceiver
 from tidings.ingest.salesforce import SalesforceReceiver
 from tidings.ingest.segment import SegmentReceiver
+from tidings.ingest.sendgrid_events import SendGridEventsReceiver
 from tidings.ingest.shopify import ShopifyReceiver
 from tidings.ingest.standard_webhooks import StandardWebhooksReceiver
 from tidings.ingest.stripe import StripeReceiver
@@ -28,6 +30,8 @@ RECEIVERS: dict[str, type[Receiver[Any]]] = {
         StandardWebhooksReceiver,
         SalesforceReceiver,
         SegmentReceiver,
+        SendGridEventsReceiver,
+        MailchimpWebhooksReceiver,
     )
 }
 
