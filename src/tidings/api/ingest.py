@@ -111,3 +111,24 @@ async def receive_webhook(source: str, request: Request) -> Response:
 async def receive_tracking_call(call: str, request: Request) -> Response:
     """Authenticated by write key (Basic auth or `writeKey` in the body); Segment's size limits apply."""
     return await handle_tracking_call(_ingest(request), request, call)
+
+
+@router.get(
+    "/hooks/{source}",
+    tags=["ingest"],
+    summary="A sender's check of its webhook URL",
+    responses={200: {"description": "the URL and its key are right"}, **_ERRORS},
+)
+async def validate_webhook(source: str, request: Request) -> Response:
+    """Some senders (Mailchimp) GET the URL when the webhook is saved: answered by the receiver."""
+    ingest = _ingest(request)
+    try:
+        receiver = ingest.receiver(source)
+        validation = getattr(receiver, "validation", None)
+        if validation is None:
+            raise UnknownSource(f"source {source!r} takes POST only", code="method_not_allowed")
+        reply = validation(await _inbound(ingest, request, receiver.name, 0))
+    except IngestError as exc:
+        ingest.refused(source, exc)
+        return ingest_error(exc)
+    return Response(reply.body, status_code=reply.status, media_type=reply.media_type)

@@ -85,6 +85,7 @@ class Reception:
     headers: Mapping[str, str] = field(default_factory=dict)
     flagged: str | None = None  # authentic but not interpretable: why
     stored_body: bytes | None = None  # what to keep of the body instead, e.g. with a credential removed
+    stored_url: str | None = None  # likewise for the URL (a key in its query string)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,12 +114,14 @@ class Mapper:
         identities = []
         for kind, expression in rule.identities.items():
             value = _eval(expression, document, f"identities.{kind}")
-            if value is None or value == "":
-                continue
-            try:
-                identities.append(Identity(kind, normalise_identity(kind, value)))
-            except IdentityError:
-                continue  # a malformed address identifies no one; the other identities still may
+            # A list gives several identities of one kind (an email change: the old and the new).
+            for one in value if isinstance(value, list) else [value]:
+                if one is None or one == "":
+                    continue
+                try:
+                    identities.append(Identity(kind, normalise_identity(kind, one)))
+                except IdentityError:
+                    continue  # a malformed address identifies no one; the other identities still may
         if not identities:
             raise MappingError(
                 f"no identity found for {name!r} (tried {', '.join(rule.identities) or 'none'})"

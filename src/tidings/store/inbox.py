@@ -107,7 +107,7 @@ def _request_row(sub: Submission) -> dict[str, Any]:
         "source": req.source,
         "received_at": req.received_at,
         "method": req.method,
-        "url": req.url,
+        "url": req.url if sub.reception.stored_url is None else sub.reception.stored_url,
         "headers": dict(sub.reception.headers),
         "body": req.body if sub.reception.stored_body is None else sub.reception.stored_body,
     }
