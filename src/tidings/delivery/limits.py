@@ -10,6 +10,11 @@ from collections.abc import AsyncIterator, Callable
 
 from tidings.destinations.base import Limits
 
+# The vendor counts requests when they arrive, tidings when it starts them: connection setup and
+# a busy event loop move arrivals by tens of milliseconds. So each window is kept a little longer
+# than the vendor's, and the shortest (burst) window's budget is spread evenly, not spent at once.
+MARGIN = 1.05
+
 
 class Limiter:
     """Concurrency (a semaphore) and sliding windows (timestamps of recent starts).
@@ -20,7 +25,7 @@ class Limiter:
 
     def __init__(self, limits: Limits, monotonic: Callable[[], float] | None = None) -> None:
         self._semaphore = asyncio.Semaphore(limits.concurrency) if limits.concurrency else None
-        self._windows = [(w.requests, w.per.total_seconds(), deque[float]()) for w in limits.windows]
+        self._windows = [(w.requests, w.per.total_seconds() * MARGIN, deque[float]()) for w in limits.windows]
         self._lock = asyncio.Lock()
         self._now = monotonic or time.monotonic
 
@@ -40,11 +45,13 @@ class Limiter:
             while True:
                 now = self._now()
                 wait = 0.0
-                for requests, seconds, starts in self._windows:
+                for index, (requests, seconds, starts) in enumerate(self._windows):
                     while starts and starts[0] <= now - seconds:
                         starts.popleft()
                     if len(starts) >= requests:
                         wait = max(wait, starts[0] + seconds - now)
+                    elif starts and index == 0:  # the burst window is spent evenly, not all at once
+                        wait = max(wait, starts[-1] + seconds / requests - now)
                 if wait <= 0:
                     for _, _, starts in self._windows:
                         starts.append(now)
