@@ -9,8 +9,6 @@ batches, the per-field versions make the outcome independent of order anyway.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +25,7 @@ from tidings.delivery import outbox
 from tidings.delivery.effects import UPSERT_CONTACT
 from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
+from tidings.loop import Loop
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
 from tidings.metrics import Metrics
 from tidings.profiles.apply import ProfileWriter
@@ -36,7 +35,6 @@ from tidings.store.schema import inbox, requests
 
 log = logging.getLogger("tidings.processor")
 
-POLL_SECONDS = 1.0
 RETRIES = 5
 # After a wake-up, wait this long so that several group commits are processed in one transaction,
 # rather than one processing transaction competing with every commit for the writer.
@@ -68,7 +66,10 @@ class Applied:
     received_at: datetime
 
 
-class Processor:
+class Processor(Loop):
+    name = "processor"
+    linger = LINGER_SECONDS
+
     def __init__(
         self,
         store: Store,
@@ -103,13 +104,7 @@ class Processor:
             .limit(bindparam("limit", type_=Integer))
             .with_for_update(skip_locked=True, of=inbox)
         )
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    def wake(self) -> None:
-        """New items were committed: look now rather than at the next poll."""
-        self._wake.set()
+        super().__init__()
 
     # ------------------------------------------------------------------ one batch
 
@@ -237,33 +232,6 @@ class Processor:
         return (
             conn.execute(select(inbox.c.id).where(inbox.c.status == "pending").limit(1)).first() is not None
         )
-
-    # ------------------------------------------------------------------ the loop
-
-    def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="tidings-processor")
-
-    async def stop(self) -> None:
-        """Finish the batch under way (never cut a transaction short), then return."""
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                count = await self.run_once()
-            except Exception:
-                log.exception("processing batch failed; retrying", extra={"action": "process_failed"})
-                count = 0
-            if count < self.batch_size and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_SECONDS):
-                        await self._wake.wait()
-                await asyncio.sleep(LINGER_SECONDS)
 
     def _observe(self, applied: list[Applied]) -> None:
         if applied:

@@ -14,7 +14,6 @@ Every outcome is decided here, from the error class a destination raised:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,12 +32,12 @@ from tidings.exceptions import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from tidings.loop import Loop
 from tidings.metrics import Metrics
 from tidings.store import Store
 
 log = logging.getLogger("tidings.delivery")
 
-POLL_SECONDS = 1.0
 LEASE = timedelta(minutes=5)
 
 # Turns an effect as stored into what the destination is given (profile sync renders the
@@ -50,7 +49,9 @@ async def _as_is(effect: Effect) -> Effect | None:
     return effect
 
 
-class Dispatcher:
+class Dispatcher(Loop):
+    name = "dispatcher"
+
     def __init__(
         self,
         store: Store,
@@ -72,13 +73,7 @@ class Dispatcher:
         self.breaker = breaker or Breaker()
         self.batch_size = batch_size
         self.limiters = {name: Limiter(d.limits) for name, d in destinations.items()}
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-
-    def wake(self) -> None:
-        self._wake.set()
+        super().__init__()
 
     # ------------------------------------------------------------------ one round
 
@@ -245,28 +240,3 @@ class Dispatcher:
             self.metrics.delivered_data_age.labels(destination).observe(
                 max(0.0, (now - data_occurred_at).total_seconds())
             )
-
-    # ------------------------------------------------------------------ the loop
-
-    def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="tidings-dispatcher")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                sent = await self.run_once()
-            except Exception:
-                log.exception("dispatch round failed; retrying", extra={"action": "dispatch_failed"})
-                sent = 0
-            if sent < self.batch_size and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_SECONDS):
-                        await self._wake.wait()
