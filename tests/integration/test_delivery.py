@@ -274,3 +274,26 @@ server:
             listed = CliRunner().invoke(app, ["deliveries", "list", "--json", "-c", cfg])
             assert listed.exit_code == 0, listed.output
             assert '"status": "delivered"' in listed.output
+
+
+async def test_the_background_dispatcher_sends_what_the_processor_queues(running, sink) -> None:
+    """tidings serve's own loops: ingest -> processor -> outbox -> dispatcher, nobody driving them."""
+    import asyncio
+
+    async with running(config(sink.url), process=True) as (tidings, client):
+        await post(
+            client,
+            "identify",
+            {
+                "messageId": "a",
+                "userId": "u1",
+                "timestamp": "2026-03-01T10:00:00Z",
+                "traits": {"email": "ann@example.com", "first_name": "Ann"},
+            },
+        )
+        for _ in range(500):  # wait for the condition, up to 10 s
+            if sink.received:
+                break
+            await asyncio.sleep(0.02)
+        [received] = sink.received.values()
+        assert received["data"]["fields"]["FNAME"] == "Ann"

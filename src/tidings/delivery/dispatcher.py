@@ -77,18 +77,17 @@ class Dispatcher(Loop):
 
     # ------------------------------------------------------------------ one round
 
-    async def run_once(self) -> int:
-        """Claim what is due and send it all; return how many effects were settled."""
+    async def _claim(self, limit: int) -> list[outbox.Claimed]:
         now = self.clock.now()
-        claimed = await self.store.write(
+        return await self.store.write(
             lambda conn: outbox.claim(
-                conn,
-                now,
-                limit=self.batch_size,
-                lease=LEASE,
-                skip=outbox.paused_destinations(conn, now),
+                conn, now, limit=limit, lease=LEASE, skip=outbox.paused_destinations(conn, now)
             )
         )
+
+    async def run_once(self) -> int:
+        """Claim what is due and send it all; return how many effects were settled."""
+        claimed = await self._claim(self.batch_size)
         await asyncio.gather(*(self._send(c) for c in claimed))
         return len(claimed)
 
@@ -240,3 +239,36 @@ class Dispatcher(Loop):
             self.metrics.delivered_data_age.labels(destination).observe(
                 max(0.0, (now - data_occurred_at).total_seconds())
             )
+
+    async def _run(self) -> None:
+        """Keep up to `batch_size` effects in flight, claiming more as each one settles.
+
+        So a slow destination (5 requests a second) never holds back a fast one, and a destination
+        limited to N connections keeps all N busy instead of waiting for a whole batch to finish.
+        """
+        inflight: set[asyncio.Task[None]] = set()
+        while not self._stopping or inflight:
+            self._wake.clear()
+            claimed: list[outbox.Claimed] = []
+            if not self._stopping and len(inflight) < self.batch_size:
+                try:
+                    claimed = await self._claim(self.batch_size - len(inflight))
+                except Exception:
+                    self._log.exception("claiming failed; retrying", extra={"action": "dispatch_failed"})
+            for effect in claimed:
+                inflight.add(asyncio.create_task(self._send(effect), name=f"tidings-send-{effect.effect.id}"))
+            if claimed and len(inflight) < self.batch_size:
+                continue  # there may be more due right now
+            waker = asyncio.create_task(self._wake.wait())
+            done, _ = await asyncio.wait(
+                {*inflight, waker}, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED
+            )
+            waker.cancel()
+            for task in done - {waker}:
+                inflight.discard(task)
+                if not task.cancelled() and task.exception() is not None:
+                    self._log.error(
+                        "a send failed unexpectedly",
+                        exc_info=task.exception(),
+                        extra={"action": "send_failed"},
+                    )
