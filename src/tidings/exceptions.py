@@ -9,6 +9,7 @@
     │       └── DestinationAuthError  401/403: the destination is paused, loudly
     └── IngestError                   a request was refused; carries an HTTP status and an error code
         ├── UnknownSource             404
+        ├── MethodNotAllowed          405
         ├── PayloadTooLarge           413
         ├── UnsupportedMediaType      415
         ├── AuthenticationFailed      401 (missing/wrong signature, stale timestamp, bad write key)
@@ -104,6 +105,13 @@ class UnknownSource(IngestError):
 
     status = 404
     code = "unknown_source"
+
+
+class MethodNotAllowed(IngestError):
+    """This source takes POST only."""
+
+    status = 405
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(IngestError):

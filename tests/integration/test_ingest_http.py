@@ -269,3 +269,10 @@ async def test_bodies_and_secrets_never_reach_the_logs(running, clock, caplog) -
     text_ = "\n".join(formatter.format(r) for r in caplog.records)
     assert marker not in text_
     assert SECRET.removeprefix("whsec_") not in text_
+
+
+async def test_a_get_on_a_post_only_source_is_405(running) -> None:
+    async with running(CONFIG) as (_, client):
+        response = await client.get("/hooks/app")
+        assert response.status_code == 405
+        assert response.json()["error"] == "method_not_allowed"

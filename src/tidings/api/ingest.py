@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from tidings.api.errors import ingest_error, store_error
-from tidings.exceptions import IngestError, StoreError, UnknownSource
+from tidings.exceptions import IngestError, MethodNotAllowed, StoreError, UnknownSource
 from tidings.ingest import segment
 from tidings.ingest.base import InboundRequest, media_type_of
 from tidings.ingest.service import Ingest, read_body
@@ -126,7 +126,7 @@ async def validate_webhook(source: str, request: Request) -> Response:
         receiver = ingest.receiver(source)
         validation = getattr(receiver, "validation", None)
         if validation is None:
-            raise UnknownSource(f"source {source!r} takes POST only", code="method_not_allowed")
+            raise MethodNotAllowed(f"source {source!r} takes POST only")
         reply = validation(await _inbound(ingest, request, receiver.name, 0))
     except IngestError as exc:
         ingest.refused(source, exc)
