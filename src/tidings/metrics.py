@@ -83,3 +83,29 @@ class Metrics:
         self.pending_writes = Gauge(
             "tidings_inbox_pending_writes", "Requests waiting for the next group commit.", registry=r
         )
+        self.flow_runs = Counter(
+            "tidings_flow_runs_total",
+            "Flow runs started and ended, by flow and outcome (started, completed, exited, cancelled).",
+            ["flow", "outcome"],
+            registry=r,
+        )
+        self.flow_sends = Counter(
+            "tidings_flow_sends_total",
+            "Flow send steps, by flow and outcome (sent, skipped, delayed) and reason.",
+            ["flow", "outcome", "reason"],
+            registry=r,
+        )
+        self.timers_pending = Gauge(
+            "tidings_flow_timers_pending", "Flow runs waiting for a due time (durable timers).", registry=r
+        )
+        self.timers_overdue = Gauge(
+            "tidings_flow_timers_overdue",
+            "Durable timers whose due time passed more than 60 s ago and have not fired yet.",
+            registry=r,
+        )
+        self.timer_lateness = Histogram(
+            "tidings_flow_timer_lateness_seconds",
+            "From a timer's due time to its step running (outbox row written when it sends).",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
