@@ -230,3 +230,64 @@ destination_state = Table(
     Column("paused_reason", Text),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+
+# --------------------------------------------------------------------------- flows
+
+# Every version of every flow a run was started with, so a run keeps the steps it began with.
+flow_versions = Table(
+    "flow_versions",
+    metadata,
+    Column("flow", String(100), primary_key=True),
+    Column("version", String(32), primary_key=True),  # a hash of the flow's definition
+    Column("definition", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# One row per run: its state is its timer. Due runs are claimed by pushing `due_at` one lease
+# ahead and bumping `claim`; a crash lets the lease run out, and a stale claim settles nothing.
+flow_runs = Table(
+    "flow_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("flow", String(100), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("run_key", String(400), nullable=False),
+    # = run_key while the run is active, else NULL: at most one active run per flow and key
+    Column("active_key", String(400)),
+    Column("profile_id", Id, nullable=False),
+    Column("status", String(20), nullable=False),  # active | completed | exited | failed
+    Column("step", String(100)),  # the step to run next (or being waited in)
+    Column("due_at", UTCDateTime()),  # NULL: waiting for an event only
+    Column("wake", String(20)),  # why it is due: timer | event | retry
+    Column("claim", Integer, nullable=False),
+    Column("visits", Integer, nullable=False),  # steps run so far: unique per step execution
+    Column("context", JSON, nullable=False),  # the trigger event, the matched event, lookup results
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime()),
+    Column("end_reason", Text),
+    Index("ix_flow_runs_status_due_at", "status", "due_at"),
+    Index("ix_flow_runs_profile_id_status", "profile_id", "status"),
+    Index("ix_flow_runs_flow_run_key", "flow", "run_key"),
+    Index("uq_flow_runs_flow_active_key", "flow", "active_key", unique=True),
+)
+
+# What each run did and why: every step taken, every guard checked.
+flow_steps = Table(
+    "flow_steps",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("flow_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("flow", String(100), nullable=False),
+    Column("profile_id", Id, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("step", String(100), nullable=False),
+    Column("kind", String(20), nullable=False),  # trigger | wait | wait_for | branch | send | ...
+    Column("outcome", String(20), nullable=False),  # e.g. sent | skipped | delayed | waiting | taken
+    Column("reason", Text),
+    Column("detail", JSON),
+    Index("ix_flow_steps_run_id", "run_id"),
+    Index("ix_flow_steps_profile_id_at", "profile_id", "at"),
+    Index("ix_flow_steps_flow_at", "flow", "at"),
+)
