@@ -109,3 +109,36 @@ class Metrics:
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        # Read from the store by tidings.observe.StoreGauges every few seconds, not counted here:
+        # they describe the shared database, so every process reports the same values.
+        self.deliveries_dead = Gauge(
+            "tidings_deliveries_dead",
+            "Dead letters held, by destination (effects given up on, waiting for an operator).",
+            ["destination"],
+            registry=r,
+        )
+        self.deliveries_pending = Gauge(
+            "tidings_deliveries_pending",
+            "Effects not yet settled, by destination: due, waiting for a retry, or in flight.",
+            ["destination"],
+            registry=r,
+        )
+        self.destination_paused = Gauge(
+            "tidings_destination_paused",
+            "1 while the destination is paused (circuit open or credentials rejected), else 0.",
+            ["destination"],
+            registry=r,
+        )
+        self.inbox_pending = Gauge(
+            "tidings_inbox_pending", "Stored events waiting to be processed.", registry=r
+        )
+        self.inbox_oldest_pending = Gauge(
+            "tidings_inbox_oldest_pending_seconds",
+            "Age of the oldest stored event waiting to be processed (0 when none waits).",
+            registry=r,
+        )
+        self.store_gauges_refreshed = Gauge(
+            "tidings_store_gauges_refreshed_timestamp_seconds",
+            "When the gauges read from the store were last refreshed (Unix time).",
+            registry=r,
+        )
