@@ -16,9 +16,15 @@ from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.sync import ProfileRenderer
 from tidings.destinations.base import Destination
 from tidings.destinations.registry import destination_class
+from tidings.flows.catalog import FlowCatalog
+from tidings.flows.runner import FlowRunner
+from tidings.flows.steps import Executor
+from tidings.flows.triggers import FlowTriggers
 from tidings.ingest.base import Receiver
 from tidings.ingest.committer import GroupCommitter
 from tidings.ingest.registry import receiver_class
+from tidings.lookups.base import CartLookup
+from tidings.lookups.registry import cart_lookup
 from tidings.mapping.engine import Mapper
 from tidings.mapping.rules import preset
 from tidings.metrics import Metrics
@@ -52,6 +58,7 @@ class Tidings:
             max_batch=settings.storage.max_commit_batch,
         )
         self.metrics.pending_writes.set_function(lambda: self.committer.pending)
+        self.flows = FlowCatalog(settings.flows)
         self.processor = Processor(
             self.store,
             mappers={
@@ -62,6 +69,7 @@ class Tidings:
             clock=self.clock,
             metrics=self.metrics,
             sync_to=[name for name, cfg in settings.destinations.items() if cfg.profile_sync is not None],
+            flows=FlowTriggers(self.flows, self.metrics),
         )
         self.committer.on_commit = self.processor.wake
         # One pooled, keep-alive HTTP client for every destination.
@@ -78,6 +86,20 @@ class Tidings:
             prepare=ProfileRenderer(self.store, self.destinations),
         )
         self.processor.on_applied = self.dispatcher.wake
+        self.lookups: dict[str, CartLookup] = {}
+        for name, cfg in settings.sources.items():
+            found = cart_lookup(name, cfg, self.http, clock=self.clock)
+            if found is not None:
+                self.lookups[name] = found
+        self.runner = FlowRunner(
+            self.store,
+            Executor(self.flows, settings.guards, self.metrics),
+            clock=self.clock,
+            metrics=self.metrics,
+            lookups=self.lookups,
+        )
+        self.processor.on_runs_due = self.runner.wake
+        self.runner.on_enqueued = self.dispatcher.wake
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -86,9 +108,11 @@ class Tidings:
             await self.store.write(lambda _conn: None)  # creates the SQLite file's directory and WAL
             await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
         await self.store.ping()
+        await self.store.write(lambda conn: self.flows.register(conn, self.clock.now()))
         self.committer.start()
         if self.process:
             self.processor.start()
+            self.runner.start()
             self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="tidings-dedupe-purge"))
 
@@ -96,6 +120,7 @@ class Tidings:
         """Stop taking work, finish what was accepted, then close the store."""
         await self.committer.stop()
         await self.processor.stop()
+        await self.runner.stop()
         await self.dispatcher.stop()
         await self.http.aclose()
         self._stopping.set()

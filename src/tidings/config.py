@@ -27,6 +27,8 @@ from ruamel.yaml.error import MarkedYAMLError
 from tidings.configmodel import ConfigModel, Duration, Name, SecretList, parse_duration
 from tidings.destinations.registry import DestinationSettingsUnion
 from tidings.exceptions import ConfigProblem, ConfigurationError
+from tidings.flows.check import flow_problems
+from tidings.flows.model import Flow, GlobalGuards
 from tidings.ingest.registry import SourceSettingsUnion
 from tidings.profiles.traits import ProfileSettings
 
@@ -107,7 +109,8 @@ class Settings(ConfigModel):
     # Sections owned by later stages; their place in the file is fixed now.
     destinations: dict[Name, DestinationSettingsUnion] = {}
     profile: ProfileSettings = ProfileSettings()
-    flows: dict[Name, dict[str, Any]] = {}
+    flows: dict[Name, Flow] = {}
+    guards: GlobalGuards = GlobalGuards()  # applied to the sends of every flow
     privacy: dict[str, Any] = {}
     sandbox: bool = False
 
@@ -264,6 +267,10 @@ def parse_settings(text: str, file: str = "<string>", environ: dict[str, str] | 
         found = _pydantic_problems(file, tree, exc)
         problems = problems + [p for p in found if not _repeats(p, loader.voided)]
         settings = None
+    if settings is not None:
+        for loc, message in flow_problems(settings.flows, settings.destinations, settings.sources):
+            line, where = _line_of(tree, loc)
+            problems.append(ConfigProblem(file, line, where, message))
     if problems:
         raise ConfigurationError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     assert settings is not None

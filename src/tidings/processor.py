@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -25,6 +25,8 @@ from tidings.delivery import outbox
 from tidings.delivery.effects import UPSERT_CONTACT
 from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
+from tidings.flows.catalog import FlowCatalog
+from tidings.flows.triggers import AppliedEvent, FlowTriggers
 from tidings.loop import Loop
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
 from tidings.metrics import Metrics
@@ -41,12 +43,12 @@ RETRIES = 5
 LINGER_SECONDS = 0.005
 
 
-def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> None:
+def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> list[AppliedEvent]:
     """The fast way: the whole batch in memory, written once; any failure fails the batch."""
     try:
-        for event in ordered:
-            writer.apply(event)
+        done = [AppliedEvent(event, *writer.apply(event)) for event in ordered]
         writer.flush()
+        return done
     except DBAPIError:
         raise
     except Exception as exc:
@@ -80,8 +82,12 @@ class Processor(Loop):
         metrics: Metrics,
         batch_size: int = 500,
         sync_to: Sequence[str] = (),
+        flows: FlowTriggers | None = None,
     ) -> None:
         self.store = store
+        self.flows = flows or FlowTriggers(FlowCatalog({}), metrics)
+        self.runs_due = 0  # flow runs started or woken since the last look (the runner is told)
+        self.on_runs_due: Callable[[], None] = lambda: None
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
         self.on_applied: Callable[[], None] = lambda: None  # told after a batch applied events
         self.mappers = mappers
@@ -122,12 +128,19 @@ class Processor(Loop):
                 outcome[row.id] = result
         ordered = sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id))
         writer = ProfileWriter(conn, self.computed, now)
-        writer.prepare(ordered)
+        fresh = {e.inbox_id for e in ordered} - writer.prepare(ordered)
         if careful:
-            outcome.update(self._apply_one_by_one(conn, writer, ordered))
+            failed, done = self._apply_one_by_one(conn, writer, ordered)
+            outcome.update(failed)
         else:
-            _apply_all(writer, ordered)
+            done = _apply_all(writer, ordered)
         self._enqueue_syncs(conn, writer.touched, now)
+        # Flows see each event once: a replay of a stored event starts and ends nothing.
+        self.runs_due += self.flows.on_events(
+            conn,
+            [replace(a, profile_id=writer.current(a.profile_id)) for a in done if a.event.inbox_id in fresh],
+            now,
+        )
         applied = []
         for event in ordered:
             if event.inbox_id not in outcome:
@@ -162,14 +175,16 @@ class Processor(Loop):
     @staticmethod
     def _apply_one_by_one(
         conn: Connection, writer: ProfileWriter, ordered: list[CustomerEvent]
-    ) -> dict[int, tuple[str, str | None]]:
+    ) -> tuple[dict[int, tuple[str, str | None]], list[AppliedEvent]]:
         """Each event in a savepoint of its own, so one that fails is set aside, with its reason."""
         failed: dict[int, tuple[str, str | None]] = {}
+        done: list[AppliedEvent] = []
         for event in ordered:
             try:
                 with conn.begin_nested():
-                    writer.apply(event)
+                    applied = AppliedEvent(event, *writer.apply(event))
                     writer.flush()
+                done.append(applied)
             except DBAPIError:
                 raise  # a deadlock or a race on a new identity: the whole batch is retried
             except Exception as exc:  # a bug or bad data in one event must not block the rest
@@ -179,7 +194,7 @@ class Processor(Loop):
                     extra={"action": "apply_failed", "inbox_id": event.inbox_id},
                 )
                 failed[event.inbox_id] = ("failed", f"applying failed: {type(exc).__name__}: {exc}")
-        return failed
+        return failed, done
 
     def _map(self, row: Any) -> CustomerEvent | tuple[str, str | None]:
         mapper = self.mappers.get(row.source)
@@ -236,6 +251,9 @@ class Processor(Loop):
     def _observe(self, applied: list[Applied]) -> None:
         if applied:
             self.on_applied()
+        if self.runs_due:
+            self.runs_due = 0
+            self.on_runs_due()
         now = self.clock.now()
         for a in applied:
             self.metrics.receipt_delay.labels(a.source).observe(

@@ -59,7 +59,7 @@ class ProfileOut(BaseModel):
 class TimelineEntryOut(BaseModel):
     id: int
     at: datetime = Field(description="when it happened: the causing event's occurred_at")
-    kind: str = Field(description="event, trait, consent or merge")
+    kind: str = Field(description="event, trait, consent, merge or flow")
     event_id: int | None = Field(None, description="the event that caused it (events and changes)")
     name: str | None = Field(None, description="that event's name")
     source: str | None = Field(None, description="that event's source")
@@ -68,6 +68,18 @@ class TimelineEntryOut(BaseModel):
     new: Any = None
     merged_profile: int | None = Field(None, description="merge: the profile folded into this one")
     identities: list[str] | None = Field(None, description="merge: the identities it brought")
+    flow_step: FlowStepOut | None = Field(
+        None, description="flow: what a run did (field: the flow; new: the outcome) and why"
+    )
+
+
+class FlowStepOut(BaseModel):
+    run_id: int
+    step: str
+    kind: str = Field(description="trigger, wait, wait_for, branch, send, update_profile, exit or end")
+    reason: str | None = None
+    destination: str | None = None
+    action: str | None = None
 
 
 class TimelinePage(BaseModel):
@@ -147,6 +159,7 @@ def timeline_document(conn: Connection, ref: str, *, limit: int = 50, offset: in
                 new=r.new,
                 merged_profile=merged,
                 identities=detail.get("identities") if r.kind == "merge" else None,
+                flow_step=_flow_step(detail) if r.kind == "flow" else None,
             )
         )
     return TimelinePage(
@@ -154,6 +167,17 @@ def timeline_document(conn: Connection, ref: str, *, limit: int = 50, offset: in
         redirected_from=redirected,
         entries=entries,
         next_offset=offset + limit if len(rows) == limit else None,
+    )
+
+
+def _flow_step(detail: dict[str, Any]) -> FlowStepOut:
+    return FlowStepOut(
+        run_id=detail.get("run_id", 0),
+        step=str(detail.get("step", "")),
+        kind=str(detail.get("kind", "")),
+        reason=detail.get("reason"),
+        destination=detail.get("destination"),
+        action=detail.get("action"),
     )
 
 

@@ -24,7 +24,15 @@ from sqlalchemy import Connection, bindparam, insert, select, tuple_, update
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
 from tidings.profiles.traits import AGGREGATES, TraitRule
-from tidings.store.schema import events, identities, profile_merges, profiles, timeline
+from tidings.store.schema import (
+    events,
+    flow_runs,
+    flow_steps,
+    identities,
+    profile_merges,
+    profiles,
+    timeline,
+)
 
 Version = list[Any]  # [occurred_at as fixed-width UTC text, inbox id]: compares as a tuple
 
@@ -116,11 +124,12 @@ class ProfileWriter:
 
     # ------------------------------------------------------------------ public
 
-    def prepare(self, batch: Sequence[CustomerEvent]) -> None:
+    def prepare(self, batch: Sequence[CustomerEvent]) -> set[int]:
         """Read what the batch will need in a few statements; on PostgreSQL, lock its profiles.
 
         The locks are taken in id order up front, so two processors whose batches share
-        customers queue behind each other instead of deadlocking.
+        customers queue behind each other instead of deadlocking. Returns the inbox ids of the
+        events applied before (replays).
         """
         self._find_owners({(i.kind, i.value) for e in batch for i in e.identities})
         if self.lock and self._owner:
@@ -128,6 +137,7 @@ class ProfileWriter:
         if batch:
             rows = self.conn.execute(_EXISTING_EVENTS, {"inbox_ids": [e.inbox_id for e in batch]})
             self._event_ids.update({r.inbox_id: r.id for r in rows})
+        return {e.inbox_id for e in batch if e.inbox_id in self._event_ids}
 
     def apply(self, event: CustomerEvent) -> tuple[int, int]:
         """Apply `event` (in memory, but for the event log); return (profile id, event id)."""
@@ -187,6 +197,10 @@ class ProfileWriter:
         self._looked_up.update(unknown)
         for row in self.conn.execute(_FIND_OWNERS, {"keys": unknown}):
             self._owner[(row.kind, row.value)] = row.profile_id
+
+    def current(self, pid: int) -> int:
+        """The profile `pid` is now (after any merge in this batch)."""
+        return self._current(pid)
 
     def _current(self, pid: int) -> int:
         while pid in self._merged:
@@ -267,7 +281,7 @@ class ProfileWriter:
                 select(identities.c.kind, identities.c.value).where(identities.c.profile_id == gone.id)
             )
         ]
-        for table in (identities, events, timeline):
+        for table in (identities, events, timeline, flow_runs, flow_steps):
             self.conn.execute(update(table).where(table.c.profile_id == gone.id).values(profile_id=keep.id))
         self.conn.execute(
             update(profiles).where(profiles.c.id == gone.id).values(merged_into=keep.id, updated_at=self.now)
@@ -520,6 +534,51 @@ class ProfileWriter:
                 "detail": new if is_event else None,
             }
         )
+
+
+def update_traits(
+    conn: Connection, pid: int, traits: Mapping[str, Any], now: datetime, *, source: str
+) -> bool:
+    """Traits set by something other than an event (a flow's `update_profile` step).
+
+    They are versioned at `now` with arrival 0, so an event that occurred later still wins, as
+    for any other trait. Returns whether any value changed.
+    """
+    row = conn.execute(
+        select(profiles.c.traits, profiles.c.trait_versions).where(profiles.c.id == pid)
+    ).first()
+    if row is None:
+        return False
+    values, versions = dict(row.traits), dict(row.trait_versions)
+    version: Version = [stamp(now), 0]
+    notes = []
+    for name, value in traits.items():
+        if not _newer(version, versions.get(name)):
+            continue
+        old = values.get(name)
+        values[name], versions[name] = value, version
+        if old != value:
+            notes.append(
+                {
+                    "profile_id": pid,
+                    "kind": "trait",
+                    "at": now,
+                    "recorded_at": now,
+                    "event_id": None,
+                    "field": name,
+                    "old": old,
+                    "new": value,
+                    "detail": {"source": source},
+                }
+            )
+    conn.execute(
+        update(profiles)
+        .where(profiles.c.id == pid)
+        .values(traits=values, trait_versions=versions, updated_at=now)
+    )
+    if notes:
+        conn.execute(insert(timeline), notes)
+    return bool(notes)
 
 
 def _result(state: Mapping[str, Any] | None, keep: str) -> Any:

@@ -1,0 +1,115 @@
+"""The documents conditions and templates see, and the journal of what runs did and why."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from tidings.mapping.rules import evaluate
+from tidings.store.schema import flow_steps, identities, profiles, timeline
+
+
+def event_doc(
+    name: str, properties: Any, occurred_at: datetime, source: str, event_id: int | None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "properties": properties or {},
+        "occurred_at": occurred_at.isoformat(),
+        "source": source,
+        "event_id": event_id,
+    }
+
+
+def profile_doc(conn: Connection, pid: int) -> dict[str, Any] | None:
+    """The profile as flows see it, read now (so every decision uses the freshest data)."""
+    row = conn.execute(
+        select(profiles.c.id, profiles.c.traits, profiles.c.consent, profiles.c.merged_into).where(
+            profiles.c.id == pid
+        )
+    ).first()
+    if row is None:
+        return None
+    ids: dict[str, str] = {}
+    for r in conn.execute(
+        select(identities.c.kind, identities.c.value)
+        .where(identities.c.profile_id == pid)
+        .order_by(identities.c.first_seen_at, identities.c.kind)
+    ):
+        ids.setdefault(r.kind, r.value)
+    return {
+        "id": row.id,
+        "traits": dict(row.traits),
+        "consent": {channel: entry.get("state", "unknown") for channel, entry in row.consent.items()},
+        "identities": ids,
+        "email": ids.get("email"),
+        "phone": ids.get("phone"),
+    }
+
+
+def profile_cart(profile: dict[str, Any]) -> dict[str, Any] | None:
+    """The cart as the profile knows it (built-in cart traits), or None when there is none."""
+    traits = profile["traits"]
+    if traits.get("cart_id") is None and not traits.get("cart_items"):
+        return None
+    return {
+        "id": traits.get("cart_id"),
+        "items": traits.get("cart_items") or [],
+        "value": traits.get("cart_value"),
+        "currency": traits.get("cart_currency"),
+        "checkout_url": traits.get("checkout_url"),
+        "source": "profile",
+    }
+
+
+def holds(expression: str | None, doc: dict[str, Any]) -> bool:
+    """A condition: absent holds; otherwise JMESPath truthiness (false, null, '', [], {} fail)."""
+    if expression is None:
+        return True
+    return bool(evaluate(expression, doc))
+
+
+def record(
+    conn: Connection,
+    *,
+    run_id: int,
+    flow: str,
+    profile_id: int,
+    at: datetime,
+    step: str,
+    kind: str,
+    outcome: str,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One line of a run's story, in its journal and in the customer's timeline."""
+    conn.execute(
+        insert(flow_steps),
+        {
+            "run_id": run_id,
+            "flow": flow,
+            "profile_id": profile_id,
+            "at": at,
+            "step": step,
+            "kind": kind,
+            "outcome": outcome,
+            "reason": reason,
+            "detail": detail,
+        },
+    )
+    conn.execute(
+        insert(timeline),
+        {
+            "profile_id": profile_id,
+            "at": at,
+            "recorded_at": at,
+            "kind": "flow",
+            "event_id": None,
+            "field": flow,
+            "old": None,
+            "new": outcome,
+            "detail": {"run_id": run_id, "step": step, "kind": kind, "reason": reason, **(detail or {})},
+        },
+    )

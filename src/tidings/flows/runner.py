@@ -1,0 +1,145 @@
+"""The flow runner: fires due runs (durable timers) and runs their steps.
+
+Each round claims the runs due by now, oldest first, and runs their steps in the same
+transaction, so sends land in the outbox atomically with the run's new state. A run standing
+before a send whose flow asks the source about the cart is left claimed; the runner asks the
+sources (outside any transaction), then settles those runs in a second transaction, if nobody
+took them over meanwhile.
+
+Timers live in the store, whatever their delay. In memory is only the next due time: the runner
+sleeps until then (at most `poll`), or until the processor wakes it because an event started or
+woke a run, so a timer fires on time without polling the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection
+
+from tidings.clock import Clock
+from tidings.flows import runs
+from tidings.flows.steps import NOT_ASKED, Executor, Live, NeedsLookup
+from tidings.lookups.base import CartLookup, LookupUnavailable
+from tidings.loop import Loop
+from tidings.metrics import Metrics
+from tidings.store import Store
+
+log = logging.getLogger("tidings.flows")
+
+LEASE = timedelta(seconds=30)  # a claimed run is taken over by another worker after this
+GAUGES_EVERY = timedelta(seconds=15)
+OVERDUE_AFTER = timedelta(seconds=60)
+
+
+class FlowRunner(Loop):
+    name = "flows"
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        lookups: Mapping[str, CartLookup] | None = None,
+        batch_size: int = 500,
+        max_poll: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.clock = clock
+        self.metrics = metrics
+        self.lookups = dict(lookups or {})
+        self.batch_size = batch_size
+        self.max_poll = max_poll
+        self.on_enqueued: Callable[[], None] = lambda: None  # sends were written to the outbox
+        self._gauges_at: datetime | None = None
+        super().__init__()
+        self.poll = max_poll
+
+    async def run_once(self) -> int:
+        now = self.clock.now()
+        fired, asks = await self.store.write(lambda conn: self._fire(conn, now))
+        if asks:
+            answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
+            later = self.clock.now()
+            await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+        if fired:
+            self.on_enqueued()
+        await self._plan(now)
+        return fired
+
+    async def drain(self) -> int:
+        """Fire everything due by now (for tests, the simulator and the CLI)."""
+        total = 0
+        while True:
+            fired = await self.run_once()
+            total += fired
+            if fired < self.batch_size:
+                return total
+
+    # ------------------------------------------------------------------ transactions
+
+    def _fire(self, conn: Connection, now: datetime) -> tuple[int, list[tuple[runs.Run, NeedsLookup]]]:
+        claimed = runs.claim_due(conn, now, limit=self.batch_size, lease=LEASE)
+        asks = []
+        for run in claimed:
+            if run.wake in ("timer", "retry") and run.overdue_since is not None:
+                self.metrics.timer_lateness.observe(max(0.0, (now - run.overdue_since).total_seconds()))
+            need = self._execute(conn, run, now, NOT_ASKED)
+            if need is not None:
+                run.due_at = now + LEASE  # stays claimed while the source is asked
+                asks.append((run, need))
+            runs.save(conn, run, now)
+        return len(claimed), asks
+
+    def _settle(
+        self,
+        conn: Connection,
+        asks: list[tuple[runs.Run, NeedsLookup]],
+        answers: list[Live],
+        now: datetime,
+    ) -> None:
+        answer_of = {run.id: answer for (run, _), answer in zip(asks, answers, strict=True)}
+        for run in runs.still_claimed(conn, [run for run, _ in asks]):
+            if self._execute(conn, run, now, answer_of[run.id]) is not None:
+                raise AssertionError("a run asked the source twice in one firing")
+            runs.save(conn, run, now, claim=run.claim)
+
+    def _execute(self, conn: Connection, run: runs.Run, now: datetime, live: Live) -> NeedsLookup | None:
+        """One run's steps in a savepoint: a bug or bad data in one run fails that run alone."""
+        try:
+            with conn.begin_nested():
+                return self.executor.execute(conn, run, now, live)
+        except Exception as exc:
+            log.exception(
+                "flow run failed", extra={"action": "flow_run_failed", "flow": run.flow, "run_id": run.id}
+            )
+            run.end(runs.FAILED, f"{type(exc).__name__}: {exc}", now)
+            self.metrics.flow_runs.labels(run.flow, runs.FAILED).inc()
+            return None
+
+    async def _ask(self, need: NeedsLookup) -> Live:
+        lookup = self.lookups.get(need.source)
+        if lookup is None:
+            return LookupUnavailable(f"source {need.source!r} has no lookup configured", reason="invalid")
+        try:
+            return await lookup.cart(need.cart_id)
+        except LookupUnavailable as exc:
+            return exc
+
+    # ------------------------------------------------------------------ when to look again
+
+    async def _plan(self, now: datetime) -> None:
+        due = await self.store.read(runs.next_due)
+        wait = self.max_poll if due is None else (due - self.clock.now()).total_seconds()
+        self.poll = min(self.max_poll, max(0.0, wait))
+        if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
+            self._gauges_at = now
+            pending, overdue = await self.store.read(lambda c: runs.pending_count(c, now, OVERDUE_AFTER))
+            self.metrics.timers_pending.set(pending)
+            self.metrics.timers_overdue.set(overdue)

@@ -1,0 +1,229 @@
+"""A flow run as stored: its state is its durable timer (`due_at`), claimed with a lease.
+
+Claiming pushes `due_at` one lease ahead and bumps `claim`; the work is settled only if the claim
+is still the same, so a process that died mid-way (its lease ran out, another took the run over)
+settles nothing, and a timer fires once whatever the delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tidings.store.schema import flow_runs
+
+ACTIVE, COMPLETED, EXITED, FAILED = "active", "completed", "exited", "failed"
+
+
+@dataclass(slots=True, kw_only=True)
+class Run:
+    id: int
+    flow: str
+    version: str
+    run_key: str
+    profile_id: int
+    status: str
+    step: str | None
+    due_at: datetime | None
+    wake: str | None
+    claim: int
+    visits: int
+    context: dict[str, Any]
+    started_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    dirty: bool = field(default=False, compare=False)
+    overdue_since: datetime | None = field(default=None, compare=False)  # the due time it was claimed at
+
+    @classmethod
+    def from_row(cls, row: Any) -> Run:
+        return cls(
+            id=row.id,
+            flow=row.flow,
+            version=row.version,
+            run_key=row.run_key,
+            profile_id=row.profile_id,
+            status=row.status,
+            step=row.step,
+            due_at=row.due_at,
+            wake=row.wake,
+            claim=row.claim,
+            visits=row.visits,
+            context=dict(row.context),
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
+        )
+
+    def doc(self) -> dict[str, Any]:
+        """What conditions and templates see as `run`."""
+        return {
+            "id": self.id,
+            "flow": self.flow,
+            "key": self.run_key,
+            "started_at": self.started_at.isoformat(),
+            "trigger": self.context.get("event"),
+        }
+
+    def end(self, status: str, reason: str, now: datetime) -> None:
+        self.status, self.end_reason, self.ended_at = status, reason, now
+        self.step, self.due_at, self.wake = None, None, None
+        self.dirty = True
+
+    def schedule(self, step: str, due_at: datetime | None, wake: str | None) -> None:
+        self.step, self.due_at, self.wake = step, due_at, wake
+        self.dirty = True
+
+
+def active_for_profiles(conn: Connection, pids: Iterable[int]) -> list[Run]:
+    ids = sorted(set(pids))
+    if not ids:
+        return []
+    stmt = _ACTIVE_FOR.with_for_update() if conn.dialect.name == "postgresql" else _ACTIVE_FOR
+    rows = conn.execute(stmt, {"pids": ids})
+    return [Run.from_row(r) for r in rows]
+
+
+def start(
+    conn: Connection,
+    *,
+    flow: str,
+    version: str,
+    key: str,
+    profile_id: int,
+    step: str,
+    context: dict[str, Any],
+    now: datetime,
+) -> int | None:
+    """A new active run, due now; None if one is already active for (flow, key)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(flow_runs)
+        .values(
+            flow=flow,
+            version=version,
+            run_key=key,
+            active_key=key,
+            profile_id=profile_id,
+            status=ACTIVE,
+            step=step,
+            due_at=now,
+            wake="start",
+            claim=0,
+            visits=0,
+            context=context,
+            started_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(flow_runs.c.id)
+    )
+    found = conn.execute(stmt).scalar()
+    return int(found) if found is not None else None
+
+
+def active_run(conn: Connection, flow: str, key: str) -> Run | None:
+    row = conn.execute(
+        select(flow_runs).where(flow_runs.c.flow == flow, flow_runs.c.active_key == key)
+    ).first()
+    return Run.from_row(row) if row is not None else None
+
+
+def ever_ran(conn: Connection, flow: str, key: str) -> bool:
+    stmt = select(flow_runs.c.id).where(flow_runs.c.flow == flow, flow_runs.c.run_key == key).limit(1)
+    return conn.execute(stmt).first() is not None
+
+
+def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None, bump: bool = False) -> bool:
+    """Write the run's state; with `claim`, only if the run is still under that claim.
+
+    `bump` (a change made by an event) voids any claim a runner holds on it: what that runner
+    decided was decided on the old state.
+    """
+    stmt = update(flow_runs).where(flow_runs.c.id == run.id)
+    if claim is not None:
+        stmt = stmt.where(flow_runs.c.claim == claim)
+    if bump:
+        stmt = stmt.values(claim=flow_runs.c.claim + 1)
+    done = conn.execute(
+        stmt.values(
+            status=run.status,
+            active_key=run.run_key if run.status == ACTIVE else None,
+            profile_id=run.profile_id,
+            version=run.version,
+            step=run.step,
+            due_at=run.due_at,
+            wake=run.wake,
+            visits=run.visits,
+            context=run.context,
+            updated_at=now,
+            ended_at=run.ended_at,
+            end_reason=run.end_reason,
+        )
+    ).rowcount
+    run.dirty = False
+    return bool(done)
+
+
+def claim_due(conn: Connection, now: datetime, *, limit: int, lease: timedelta) -> list[Run]:
+    """Active runs due by `now`, oldest first, each pushed one lease ahead under a new claim."""
+    stmt = (
+        select(flow_runs)
+        .where(flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= now)
+        .order_by(flow_runs.c.due_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    runs = [Run.from_row(r) for r in conn.execute(stmt)]
+    if runs:
+        conn.execute(
+            update(flow_runs)
+            .where(flow_runs.c.id.in_([r.id for r in runs]))
+            .values(due_at=now + lease, claim=flow_runs.c.claim + 1)
+        )
+    for run in runs:
+        run.overdue_since = run.due_at
+        run.claim += 1
+    return runs
+
+
+def still_claimed(conn: Connection, runs: list[Run]) -> list[Run]:
+    """Those of `runs` nobody else took over since they were claimed (locked on PostgreSQL)."""
+    if not runs:
+        return []
+    stmt = select(flow_runs.c.id, flow_runs.c.claim).where(flow_runs.c.id.in_([r.id for r in runs]))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    claims = {r.id: r.claim for r in conn.execute(stmt)}
+    return [r for r in runs if claims.get(r.id) == r.claim]
+
+
+def next_due(conn: Connection) -> datetime | None:
+    return conn.execute(select(func.min(flow_runs.c.due_at)).where(flow_runs.c.status == ACTIVE)).scalar()
+
+
+def pending_count(conn: Connection, now: datetime, overdue_after: timedelta) -> tuple[int, int]:
+    """(runs waiting on a timer, of which overdue by more than `overdue_after`)."""
+    waiting = conn.execute(
+        select(func.count()).where(flow_runs.c.status == ACTIVE, flow_runs.c.due_at.is_not(None))
+    ).scalar_one()
+    overdue = conn.execute(
+        select(func.count()).where(flow_runs.c.status == ACTIVE, flow_runs.c.due_at < now - overdue_after)
+    ).scalar_one()
+    return int(waiting), int(overdue)
+
+
+_ACTIVE_FOR = (
+    select(flow_runs)
+    .where(
+        flow_runs.c.profile_id.in_(bindparam("pids", expanding=True)),
+        flow_runs.c.status == ACTIVE,
+    )
+    .order_by(flow_runs.c.id)
+)

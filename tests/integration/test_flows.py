@@ -1,0 +1,368 @@
+"""Flows on the virtual clock: the abandoned-cart flow, its exits, guards and freshness re-checks.
+
+Events enter through the Segment-compatible endpoint (the real ingest path), the processor and the
+flow runner are driven by the test, and time only moves when the test moves the FakeClock, so a
+thirty-minute wait takes no real time.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.integration.test_processing import AUTH
+from tidings.store.schema import flow_runs, flow_steps
+from tidings.store.schema import outbox as outbox_table
+from tidings.testing import WebhookSink
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+READ = "read-token-0123456789"
+
+FLOW = """
+server:
+  admin_tokens:
+    - {{name: dashboards, token: "read-token-0123456789", scopes: [read]}}
+sources:
+  web:
+    kind: segment
+    write_keys: ["wk_test"]
+destinations:
+  esp:
+    kind: webhook
+    url: "{url}"
+    secret: "{secret}"
+guards:
+  default_timezone: UTC
+{guards}
+flows:
+  abandoned_cart:
+    trigger:
+      event: [Checkout Started, Cart Updated]
+    run_key: event.properties.checkout_id
+    reentry: {reentry}
+    exit_on:
+      - event: Order Completed
+        when: event.properties.checkout_id == run.key
+{flow_guards}
+    steps:
+      - id: wait
+        wait_for:
+          event: Order Completed
+          when: event.properties.checkout_id == run.key
+          timeout: 30m
+        on_event: exit
+        on_timeout: still_there
+      - id: still_there
+        branch:
+          when: profile.traits.cart_id == run.key
+          else: exit
+      - id: remind
+        send:
+          destination: esp
+          action: track_event
+          event: Abandoned Cart
+          properties:
+            cartItems: "{{{{ cart.items }}}}"
+            cartValue: "{{{{ cart.value }}}}"
+            checkoutUrl: "{{{{ cart.checkout_url }}}}"
+            lastProductViewed: "{{{{ profile.traits.last_product_viewed.name if profile.traits.last_product_viewed is defined else none }}}}"
+"""
+
+
+def config(
+    url: str = "http://127.0.0.1:9/never",
+    *,
+    guards: str = "",
+    flow_guards: str = "",
+    reentry: str = "after_exit",
+) -> str:
+    return FLOW.format(url=url, secret=SECRET, guards=guards, flow_guards=flow_guards, reentry=reentry)
+
+
+ITEMS = [{"product_id": "p1", "sku": "S-1", "name": "Mug", "price": 12.5, "quantity": 2}]
+
+
+class Shop:
+    """A customer's actions as Segment calls, stamped with the virtual clock's time."""
+
+    def __init__(self, tidings, client, clock) -> None:
+        self.tidings, self.client, self.clock = tidings, client, clock
+        self.n = 0
+
+    async def call(self, kind: str, body: dict[str, Any], at=None) -> None:
+        self.n += 1
+        stamp = (at or self.clock.now()).isoformat()
+        body = {"messageId": f"m{self.n}", "timestamp": stamp, **body}
+        response = await self.client.post(f"/v1/{kind}", content=json.dumps(body).encode(), headers=AUTH)
+        assert response.status_code == 200, response.text
+        await self.tidings.processor.drain()
+        await self.tidings.runner.drain()
+
+    async def customer(self, user: str, email: str, consent: str = "subscribed", **traits: Any) -> None:
+        await self.call(
+            "identify", {"userId": user, "traits": {"email": email, "email_consent": consent, **traits}}
+        )
+
+    async def checkout(self, user: str, checkout: str, items=ITEMS, value=25.0, at=None) -> None:
+        props = {
+            "checkout_id": checkout,
+            "products": items,
+            "value": value,
+            "checkout_url": f"https://shop.test/c/{checkout}",
+        }
+        await self.call("track", {"userId": user, "event": "Checkout Started", "properties": props}, at)
+
+    async def order(self, user: str, checkout: str, at=None) -> None:
+        props = {"checkout_id": checkout, "order_id": f"o-{checkout}", "value": 25.0}
+        await self.call("track", {"userId": user, "event": "Order Completed", "properties": props}, at)
+
+    async def wait(self, minutes: float) -> None:
+        self.clock.advance(timedelta(minutes=minutes))
+        await self.tidings.runner.drain()
+
+
+def sends(tidings) -> list[Any]:
+    return tidings.store.read_sync(
+        lambda c: list(c.execute(select(outbox_table).where(outbox_table.c.action == "track_event")))
+    )
+
+
+def journal(tidings, outcome: str | None = None) -> list[Any]:
+    stmt = select(flow_steps).order_by(flow_steps.c.id)
+    if outcome:
+        stmt = stmt.where(flow_steps.c.outcome == outcome)
+    return tidings.store.read_sync(lambda c: list(c.execute(stmt)))
+
+
+def run_rows(tidings) -> list[Any]:
+    return tidings.store.read_sync(lambda c: list(c.execute(select(flow_runs).order_by(flow_runs.c.id))))
+
+
+@pytest.fixture
+async def shop(running, clock):
+    async def open_(yaml_text: str):
+        ctx = running(yaml_text)
+        tidings, client = await ctx.__aenter__()
+        opened.append(ctx)
+        return Shop(tidings, client, clock)
+
+    opened: list[Any] = []
+    yield open_
+    for ctx in opened:
+        await ctx.__aexit__(None, None, None)
+
+
+async def test_an_abandoned_cart_is_reminded_once_after_thirty_minutes(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(29)
+    assert sends(s.tidings) == []  # not a minute early
+    await s.wait(1)
+    [sent] = sends(s.tidings)
+    assert sent.destination == "esp"
+    payload = sent.payload
+    assert payload["email"] == "ann@example.com"
+    assert payload["event"] == "Abandoned Cart"
+    assert payload["properties"]["cartItems"] == ITEMS
+    assert payload["properties"]["cartValue"] == 25.0
+    assert payload["properties"]["checkoutUrl"] == "https://shop.test/c/c1"
+    await s.wait(60 * 24)
+    assert len(sends(s.tidings)) == 1
+    [run] = run_rows(s.tidings)
+    assert run.status == "completed"
+    reasons = [(r.kind, r.outcome) for r in journal(s.tidings)]
+    assert reasons == [
+        ("trigger", "started"),
+        ("wait_for", "waiting"),
+        ("wait_for", "timeout"),
+        ("branch", "then"),
+        ("send", "sent"),
+        ("end", "completed"),
+    ]
+
+
+async def test_a_purchase_during_the_wait_ends_the_run_without_a_send(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(10)
+    await s.order("u1", "c1")
+    await s.wait(60)
+    assert sends(s.tidings) == []
+    [run] = run_rows(s.tidings)
+    assert run.status == "exited"
+    assert "Order Completed" in run.end_reason
+
+
+async def test_a_purchase_that_reached_tidings_before_its_checkout_still_counts(shop, clock) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    started = clock.now()
+    clock.advance(timedelta(minutes=5))
+    await s.order("u1", "c1")  # occurred five minutes after the checkout, but arrives first
+    await s.checkout("u1", "c1", at=started)
+    await s.wait(60)
+    assert sends(s.tidings) == []
+    [run] = run_rows(s.tidings)
+    assert run.status == "exited"
+    assert "found before sending" in run.end_reason
+
+
+async def test_a_purchase_of_another_cart_does_not_end_this_one(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.order("u1", "other")
+    await s.checkout("u1", "c1", items=ITEMS)  # the cart traits name c1 again
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 1
+
+
+async def test_the_latest_cart_is_the_one_sent(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(20)
+    bigger = [*ITEMS, {"product_id": "p2", "sku": "S-2", "name": "Pot", "price": 30.0, "quantity": 1}]
+    await s.checkout("u1", "c1", items=bigger, value=55.0)
+    await s.wait(10)
+    [sent] = sends(s.tidings)
+    assert sent.payload["properties"]["cartItems"] == bigger
+    assert sent.payload["properties"]["cartValue"] == 55.0
+    assert len(run_rows(s.tidings)) == 1  # the update joined the run, it did not start another
+
+
+async def test_reentry_never_blocks_a_second_run_for_the_same_key(shop) -> None:
+    s = await shop(config(reentry="never"))
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 1
+    assert len(run_rows(s.tidings)) == 1
+
+
+async def test_after_exit_allows_a_new_run_once_the_first_ended(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 2
+
+
+async def test_the_frequency_cap_skips_a_second_reminder_within_its_window(shop) -> None:
+    s = await shop(config(flow_guards="    guards: {frequency_cap: {max: 1, per: 1d}}"))
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    await s.checkout("u1", "c2")
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 1
+    [skipped] = journal(s.tidings, "skipped")
+    assert skipped.reason.startswith("frequency cap: 1 per 1 day")
+    await s.wait(60 * 24)
+    await s.checkout("u1", "c3")
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 2  # a day later the cap allows one again
+
+
+async def test_a_cap_across_all_flows_counts_every_flow(shop) -> None:
+    s = await shop(config(guards="  frequency_cap: {max: 1, per: 7d}"))
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    await s.checkout("u1", "c2")
+    await s.wait(30)
+    assert len(sends(s.tidings)) == 1
+    assert "(all flows)" in journal(s.tidings, "skipped")[0].reason
+
+
+async def test_quiet_hours_delay_the_send_to_the_morning_in_the_customers_zone(shop, clock) -> None:
+    from datetime import UTC, datetime
+
+    clock.set(datetime(2026, 1, 1, 2, 0, tzinfo=UTC))  # 21:00 in New York (UTC-5)
+    s = await shop(config(guards='  quiet_hours: {start: "21:00", end: "08:00"}'))
+    await s.customer("u1", "ann@example.com", timezone="America/New_York")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    assert sends(s.tidings) == []
+    [delayed] = journal(s.tidings, "delayed")
+    assert "America/New_York" in delayed.reason
+    clock.set(datetime(2026, 1, 1, 12, 59, tzinfo=UTC))  # 07:59 there
+    await s.tidings.runner.drain()
+    assert sends(s.tidings) == []
+    clock.set(datetime(2026, 1, 1, 13, 0, tzinfo=UTC))  # 08:00 there
+    await s.tidings.runner.drain()
+    assert len(sends(s.tidings)) == 1
+
+
+async def test_an_unsubscribed_customer_is_skipped_with_the_reason(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com", consent="unsubscribed")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    assert sends(s.tidings) == []
+    [skipped] = journal(s.tidings, "skipped")
+    assert skipped.reason == "consent: email is unsubscribed"
+
+
+async def test_a_customer_who_never_said_yes_is_skipped_by_default(shop) -> None:
+    s = await shop(config())
+    await s.call("identify", {"userId": "u1", "traits": {"email": "ann@example.com"}})
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    assert sends(s.tidings) == []
+    assert journal(s.tidings, "skipped")[0].reason == "consent: email is unknown"
+
+
+async def test_an_old_event_replayed_starts_nothing(shop, clock) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1", at=clock.now() - timedelta(days=3))
+    await s.wait(60)
+    assert run_rows(s.tidings) == []
+
+
+async def test_the_destination_down_at_fire_time_gets_the_send_once_when_back(shop) -> None:
+    with WebhookSink(SECRET).running() as sink:
+        s = await shop(config(url=sink.url + "/hook"))
+        await s.customer("u1", "ann@example.com")
+        await s.checkout("u1", "c1")
+        sink.fail_next(2, status=503)
+        await s.wait(30)
+        dispatcher = s.tidings.dispatcher
+        await dispatcher.drain()
+        assert sink.received == {}
+        for _ in range(3):
+            await s.wait(15)
+            await dispatcher.drain()
+        assert len(sends(s.tidings)) == 1
+        [delivered] = list(sink.received.values())
+        assert delivered["data"]["event"] == "Abandoned Cart"
+        assert delivered["data"]["properties"]["cartItems"] == ITEMS
+
+
+async def test_every_step_and_reason_is_in_the_customers_timeline(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com", consent="unsubscribed")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    response = await s.client.get(
+        "/api/v1/profiles/ann@example.com/timeline", headers={"authorization": f"Bearer {READ}"}
+    )
+    assert response.status_code == 200, response.text
+    flow_entries = [e for e in response.json()["entries"] if e["kind"] == "flow"]
+    outcomes = [e["new"] for e in flow_entries]
+    assert "started" in outcomes and "skipped" in outcomes
+    [skipped] = [e for e in flow_entries if e["new"] == "skipped"]
+    assert skipped["flow_step"]["reason"] == "consent: email is unsubscribed"
+    assert skipped["field"] == "abandoned_cart"
