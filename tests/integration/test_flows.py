@@ -70,7 +70,9 @@ flows:
             cartItems: "{{{{ cart.items }}}}"
             cartValue: "{{{{ cart.value }}}}"
             checkoutUrl: "{{{{ cart.checkout_url }}}}"
-            lastProductViewed: "{{{{ profile.traits.last_product_viewed.name if profile.traits.last_product_viewed is defined else none }}}}"
+            lastProductViewed: >-
+              {{{{ profile.traits.last_product_viewed.name
+              if profile.traits.last_product_viewed is defined else none }}}}
 """
 
 
