@@ -28,6 +28,7 @@ from tidings.lookups.registry import cart_lookup
 from tidings.mapping.engine import Mapper
 from tidings.mapping.rules import preset
 from tidings.metrics import Metrics
+from tidings.observe import StoreGauges
 from tidings.processor import Processor
 from tidings.store import Store
 from tidings.store.inbox import purge_dedupe_keys
@@ -86,6 +87,9 @@ class Tidings:
             prepare=ProfileRenderer(self.store, self.destinations),
         )
         self.processor.on_applied = self.dispatcher.wake
+        self.store_gauges = StoreGauges(
+            self.store, self.metrics, self.clock, destinations=list(settings.destinations)
+        )
         self.lookups: dict[str, CartLookup] = {}
         for name, cfg in settings.sources.items():
             found = cart_lookup(name, cfg, self.http, clock=self.clock)
@@ -115,6 +119,9 @@ class Tidings:
             self.runner.start()
             self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._purge_loop(), name="tidings-dedupe-purge"))
+        self._tasks.append(
+            asyncio.create_task(self.store_gauges.run(self._stopping), name="tidings-store-gauges")
+        )
 
     async def stop(self) -> None:
         """Stop taking work, finish what was accepted, then close the store."""

@@ -368,3 +368,32 @@ async def test_every_step_and_reason_is_in_the_customers_timeline(shop) -> None:
     [skipped] = [e for e in flow_entries if e["new"] == "skipped"]
     assert skipped["flow_step"]["reason"] == "consent: email is unsubscribed"
     assert skipped["field"] == "abandoned_cart"
+
+
+async def test_the_admin_api_lists_flows_and_runs_with_their_reasons(shop) -> None:
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.customer("u2", "bob@example.com", consent="unsubscribed")
+    await s.checkout("u1", "c1")
+    await s.checkout("u2", "c2")
+    await s.wait(10)
+    auth = {"authorization": f"Bearer {READ}"}
+    [summary] = (await s.client.get("/api/v1/flows", headers=auth)).json()
+    assert summary["name"] == "abandoned_cart"
+    assert summary["active_by_step"] == {"wait": 2}
+    await s.wait(20)
+    [summary] = (await s.client.get("/api/v1/flows", headers=auth)).json()
+    assert summary["sends"] == {"sent": 1, "skipped": 1}
+    assert summary["skip_reasons"] == {"consent: email is unsubscribed": 1}
+    page = (await s.client.get("/api/v1/flows/abandoned_cart/runs", headers=auth)).json()
+    bob, ann = page["runs"]  # newest first
+    assert [st["kind"] for st in ann["steps"]][-2:] == ["send", "end"]
+    assert ann["steps"][-2]["detail"]["payload"]["email"] == "ann@example.com"
+    assert bob["steps"][-2]["reason"] == "consent: email is unsubscribed"
+    one = await s.client.get(f"/api/v1/flows/abandoned_cart/runs/{ann['id']}", headers=auth)
+    assert one.json()["key"] == "c1"
+    missing = await s.client.get("/api/v1/flows/nope/runs", headers=auth)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert (await s.client.get("/api/v1/flows")).status_code == 401
+    bad = await s.client.get("/api/v1/flows/abandoned_cart/runs?status=sleeping", headers=auth)
+    assert bad.status_code == 400

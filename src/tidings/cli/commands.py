@@ -107,6 +107,7 @@ def serve(
         host=server.host,
         port=server.port,
         log_level="warning",
+        log_config=None,  # our JSON logging stays in charge of uvicorn's loggers too
         access_log=False,
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",
