@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import SecretStr, field_validator
 
+from tidings.configmodel import ConfigModel, Duration
 from tidings.exceptions import AuthenticationFailed, MalformedPayload
 from tidings.ingest import signing
 from tidings.ingest.base import (
@@ -41,8 +44,76 @@ MAX_ID = 200
 MAX_TOPIC = 200
 
 
+_SHOP = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+_API_VERSION = re.compile(r"^(\d{4}-(01|04|07|10)|unstable)$")
+
+
+class ShopifyLookupSettings(ConfigModel):
+    """The GraphQL Admin API, asked about a checkout right before a flow sends (tidings.lookups)."""
+
+    shop: str  # the shop's myshopify.com domain
+    access_token: SecretStr  # an Admin API access token with read_orders and read_products
+    api_version: str = "2025-07"
+    base_url: str | None = None  # instead of https://{shop}: a proxy or a local simulator
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("shop")
+    @classmethod
+    def _shop(cls, shop: str) -> str:
+        value = shop.strip().lower()
+        if "://" in value or "/" in value:
+            raise ValueError(
+                "shop is the bare domain, e.g. example.myshopify.com, without https:// or a path"
+            )
+        if not _SHOP.match(value):
+            hint = f" (did you mean {value}.myshopify.com?)" if "." not in value and value else ""
+            raise ValueError(
+                "shop must be the shop's myshopify.com domain, e.g. example.myshopify.com; the Admin API "
+                f"is not served on a storefront's own domain{hint}"
+            )
+        return value
+
+    @field_validator("access_token")
+    @classmethod
+    def _token(cls, token: SecretStr) -> SecretStr:
+        value = token.get_secret_value().strip()
+        if not value:
+            raise ValueError("access_token is empty (is its environment variable set?)")
+        if value.startswith("shpss_"):
+            raise ValueError(
+                "a value starting shpss_ is the app's client secret, which signs webhooks; the Admin API "
+                "needs an Admin API access token (shpat_...)"
+            )
+        return SecretStr(value)
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, version: str) -> str:
+        if not _API_VERSION.match(version):
+            raise ValueError(
+                f"api_version {version!r} is not a Shopify API version: use a release like 2025-07 "
+                "(January, April, July or October of a year) or unstable"
+            )
+        return version
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {url!r} must start with http:// or https://")
+        return url.rstrip("/") if url is not None else None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        return timeout
+
+
 class ShopifySettings(SignedSourceSettings):
     kind: Literal["shopify"]
+    lookup: ShopifyLookupSettings | None = None  # live checkout lookups for flows (tidings.lookups)
 
     @field_validator("secrets")
     @classmethod

@@ -13,15 +13,59 @@ from typing import Any, Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.configmodel import Duration
+from tidings.configmodel import ConfigModel, Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
 from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SignedSourceSettings, parse_json
 
 
+class StripeLookupSettings(ConfigModel):
+    """Stripe's API, asked about a Checkout Session right before a flow sends (tidings.lookups)."""
+
+    api_key: SecretStr  # sk_..., or a restricted rk_... key allowed to read Checkout Sessions
+    base_url: str | None = None  # instead of https://api.stripe.com: a proxy or a local simulator
+    stripe_version: str | None = None  # sent as Stripe-Version; None: the account's default version
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, key: SecretStr) -> SecretStr:
+        value = key.get_secret_value().strip()
+        if not value:
+            raise ValueError("api_key is empty (is its environment variable set?)")
+        if value.startswith("whsec_"):
+            raise ValueError(
+                "a value starting whsec_ is a webhook signing secret; the lookup needs an API key: "
+                "a secret key (sk_...) or a restricted key (rk_...) with read access to Checkout Sessions"
+            )
+        if value.startswith("pk_"):
+            raise ValueError(
+                "a publishable key (pk_...) cannot read Checkout Sessions; use a secret key (sk_...) or "
+                "a restricted key (rk_...) with read access to Checkout Sessions"
+            )
+        if not value.startswith(("sk_", "rk_")):
+            raise ValueError("a Stripe API key starts with sk_ (secret key) or rk_ (restricted key)")
+        return SecretStr(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {url!r} must start with http:// or https://")
+        return url.rstrip("/") if url is not None else None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        return timeout
+
+
 class StripeSettings(SignedSourceSettings):
     kind: Literal["stripe"]
     tolerance: Duration = timedelta(seconds=300)
+    lookup: StripeLookupSettings | None = None  # live Checkout Session lookups for flows (tidings.lookups)
 
     @field_validator("secrets")
     @classmethod
