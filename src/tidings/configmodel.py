@@ -33,6 +33,20 @@ def parse_duration(value: object) -> object:
     return value
 
 
+def format_duration(value: timedelta) -> str:
+    """`1d`, `30m`, `1h30m`, `90s`: how a duration is written in tidings.yaml."""
+    seconds = value.total_seconds()
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS[unit]
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count:g}{unit}")
+    return "".join(parts) or "0s"
+
+
 def _secret_list(value: object) -> object:
     """A list of secrets may be given as one string; a `*_file` gives one secret per line."""
     if isinstance(value, str):

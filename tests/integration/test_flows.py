@@ -270,7 +270,7 @@ async def test_the_frequency_cap_skips_a_second_reminder_within_its_window(shop)
     await s.wait(30)
     assert len(sends(s.tidings)) == 1
     [skipped] = journal(s.tidings, "skipped")
-    assert skipped.reason.startswith("frequency cap: 1 per 1 day")
+    assert skipped.reason == "frequency cap: 1 per 1d (this flow)"
     await s.wait(60 * 24)
     await s.checkout("u1", "c3")
     await s.wait(30)
@@ -397,3 +397,134 @@ async def test_the_admin_api_lists_flows_and_runs_with_their_reasons(shop) -> No
     assert (await s.client.get("/api/v1/flows")).status_code == 401
     bad = await s.client.get("/api/v1/flows/abandoned_cart/runs?status=sleeping", headers=auth)
     assert bad.status_code == 400
+
+
+SHOP = """
+  shop:
+    kind: shopify
+    secrets: ["0123456789abcdef0123456789abcdef"]
+    lookup:
+      shop: example.myshopify.com
+      access_token: shpat_simulator
+      base_url: "{url}"
+"""
+
+
+def with_lookup(url: str) -> str:
+    text = config().replace("sources:\n", "sources:" + SHOP.format(url=url), 1)
+    return text.replace("    steps:\n", "    freshness: {lookup: shop, cart_id: run.key}\n    steps:\n", 1)
+
+
+async def test_a_checkout_the_shop_says_was_completed_gets_no_reminder(shop) -> None:
+    from tidings.testing import ShopifySimulator
+
+    with ShopifySimulator().running() as shopify:
+        s = await shop(with_lookup(shopify.url))
+        await s.customer("u1", "ann@example.com")
+        await s.checkout("u1", "c1")
+        # The order webhook never reaches tidings; Shopify itself knows the checkout was bought.
+        shopify.add_order([{"title": "Mug", "quantity": 2, "price": "12.50"}], checkout_token="c1")
+        await s.wait(30)
+        assert sends(s.tidings) == []
+        [run] = run_rows(s.tidings)
+        assert run.status == "exited"
+        assert run.end_reason == "the checkout was completed (live lookup)"
+        assert len(shopify.requests) == 1
+
+
+async def test_when_the_shop_cannot_answer_the_send_waits_then_goes_on_profile_data(shop) -> None:
+    from tidings.testing import ShopifySimulator
+
+    with ShopifySimulator().running() as shopify:
+        s = await shop(with_lookup(shopify.url))
+        await s.customer("u1", "ann@example.com")
+        await s.checkout("u1", "c1")
+        shopify.fail_next(3, status=503)
+        await s.wait(30)
+        assert sends(s.tidings) == []  # asked once, unavailable: again in a minute
+        await s.wait(1)
+        assert sends(s.tidings) == []  # twice
+        await s.wait(1)
+        [sent] = sends(s.tidings)  # the third failure: sent on what the profile says, and said so
+        assert sent.payload["properties"]["cartItems"] == ITEMS
+        assert "unavailable after 3 attempts" in journal(s.tidings, "sent")[0].reason
+
+
+VERSIONED = """
+sources:
+  web: {{kind: segment, write_keys: ["wk_test"]}}
+destinations:
+  esp: {{kind: webhook, url: "http://127.0.0.1:9/never", secret: "{secret}"}}
+flows:
+  nudge:
+    trigger: {{event: Checkout Started}}
+    guards: {{consent: none}}
+    in_flight: {in_flight}
+    steps:
+      - wait: {wait}
+      - send: {{destination: esp, action: track_event, event: "{name}"}}
+"""
+
+
+async def test_a_changed_flow_keeps_running_runs_on_their_version_unless_told_to_migrate(
+    running, clock
+) -> None:
+    old = VERSIONED.format(secret=SECRET, in_flight="keep", wait="1h", name="Old")
+    for checkout, in_flight, expected in (("c1", "keep", "Old"), ("c2", "migrate", "New")):
+        async with running(old) as (tidings, client):
+            s = Shop(tidings, client, clock)
+            s.n = 100 if checkout == "c2" else 0  # new message ids: the same ones are duplicates
+            await s.customer("u1", "ann@example.com")
+            await s.checkout("u1", checkout)
+        new = VERSIONED.format(secret=SECRET, in_flight=in_flight, wait="2h", name="New")
+        async with running(new) as (tidings, client):
+            clock.advance(timedelta(hours=1))
+            await tidings.runner.drain()
+            newest = max(sends(tidings), key=lambda r: r.id)
+            assert newest.payload["event"] == expected
+
+
+async def test_a_wait_until_a_time_of_day_uses_the_customers_zone(running, clock) -> None:
+    from datetime import UTC, datetime
+
+    text = VERSIONED.format(secret=SECRET, in_flight="keep", wait='{until: "09:00"}', name="Morning")
+    clock.set(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))  # 14:00 in Paris (UTC+2 in June)
+    async with running(text) as (tidings, client):
+        s = Shop(tidings, client, clock)
+        await s.customer("u1", "ann@example.com", timezone="Europe/Paris")
+        await s.checkout("u1", "c1")
+        clock.set(datetime(2026, 6, 2, 6, 59, tzinfo=UTC))
+        await tidings.runner.drain()
+        assert sends(tidings) == []
+        clock.set(datetime(2026, 6, 2, 7, 0, tzinfo=UTC))  # 09:00 in Paris
+        await tidings.runner.drain()
+        assert len(sends(tidings)) == 1
+
+
+async def test_update_profile_sets_a_trait_a_branch_can_read(running, clock) -> None:
+    text = f"""
+sources:
+  web: {{kind: segment, write_keys: ["wk_test"]}}
+destinations:
+  esp: {{kind: webhook, url: "http://127.0.0.1:9/never", secret: "{SECRET}"}}
+flows:
+  welcome:
+    trigger: {{event: Checkout Started}}
+    guards: {{consent: none}}
+    steps:
+      - branch: {{when: "profile.traits.welcomed", then: exit}}
+      - update_profile: {{traits: {{welcomed: true, welcomed_for: "{{{{ event.properties.checkout_id }}}}"}}}}
+      - send: {{destination: esp, action: track_event, event: Welcome}}
+"""
+    async with running(text) as (tidings, client):
+        s = Shop(tidings, client, clock)
+        await s.customer("u1", "ann@example.com")
+        await s.checkout("u1", "c1")
+        await s.checkout("u1", "c2")
+        assert [r.payload["event"] for r in sends(tidings)] == ["Welcome"]
+        response = await s.client.get("/api/v1/flows/welcome/runs", headers={})
+        assert response.status_code == 401
+        from tests.integration.test_processing import profile_of
+
+        traits = profile_of(tidings, "ann@example.com").traits
+        assert traits["welcomed"] is True and traits["welcomed_for"] == "c1"

@@ -79,10 +79,11 @@ def _root(
 
 from tidings.cli import commands as _commands  # noqa: E402  (registers the verbs)
 from tidings.cli import deliveries as _deliveries  # noqa: E402  (deliveries list|retry)
+from tidings.cli import flows as _flows  # noqa: E402  (simulate, flows list|runs)
 from tidings.cli import profiles as _profiles  # noqa: E402  (profile show|timeline, replay)
 
 __all__ = ["app", "main"]
-_ = (_commands, _deliveries, _profiles)
+_ = (_commands, _deliveries, _flows, _profiles)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from tidings.configmodel import format_duration
 from tidings.delivery import outbox
 from tidings.delivery.effects import TRACK_EVENT
 from tidings.flows import runs
@@ -280,6 +281,8 @@ class Executor:
             self._end(conn, run, runs.EXITED, gone, now)
             return None
         assert isinstance(live, CartState)
+        if live.items is None:  # the source confirmed the checkout is open, but did not list it
+            return _Fresh(cart, ["live lookup: not completed"])
         return _Fresh({**(cart or {}), **_cart_from(live), "source": "live lookup"}, [])
 
     def _blocked(
@@ -297,7 +300,7 @@ class Executor:
         for cap, scope in ((flow.guards.frequency_cap, run.flow), (self.guards.frequency_cap, None)):
             if cap is not None and _sends_since(conn, run.profile_id, now - cap.per, scope) >= cap.max:
                 where = "this flow" if scope else "all flows"
-                return f"frequency cap: {cap.max} per {cap.per} ({where})"
+                return f"frequency cap: {cap.max} per {format_duration(cap.per)} ({where})"
         quiet = flow.guards.quiet_hours or self.guards.quiet_hours
         if quiet is not None:
             tz = customer_zone(profile["traits"], self.guards.default_timezone)

@@ -10,7 +10,9 @@ from tidings.testing.activecampaign import ActiveCampaignSimulator
 from tidings.testing.klaviyo import KlaviyoSimulator
 from tidings.testing.mailchimp import MailchimpSimulator, MandrillSimulator
 from tidings.testing.sendgrid import SendGridSimulator
+from tidings.testing.shopify import ShopifySimulator
 from tidings.testing.simulator import Fault, Recorded, Simulator
+from tidings.testing.stripe import StripeSimulator
 from tidings.testing.webhook_sink import WebhookSink
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "MandrillSimulator",
     "Recorded",
     "SendGridSimulator",
+    "ShopifySimulator",
     "Simulator",
+    "StripeSimulator",
     "WebhookSink",
 ]
