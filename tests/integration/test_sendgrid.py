@@ -187,7 +187,7 @@ async def test_sandbox_mode_answers_200_and_sends_nothing(sim, http) -> None:
 
 
 async def test_send_template_without_template_or_sender_is_refused_before_sending(sim, http) -> None:
-    with pytest.raises(PermanentDeliveryError, match="template_id"):
+    with pytest.raises(PermanentDeliveryError, match="needs template"):
         await destination(sim, http).deliver(effect("send_template", {"email": "ann@example.com"}))
     with pytest.raises(PermanentDeliveryError, match="from_email"):
         await destination(sim, http, from_email=None).deliver(mail())

@@ -2,14 +2,19 @@
 
 The account's API URL (Settings -> Developer, e.g. https://acct.api-us1.com) is the `base_url`;
 it is not built from the account name, since ActiveCampaign says to copy it. Every API call
-carries the `Api-Token` header. ActiveCampaign allows 5 requests per second per account (all keys
-share it) and answers 429 with `Retry-After` beyond that.
+carries the `Api-Token` header with `api_key` (`api_token` is its older name); `next_api_key`
+beside it rotates the key without a pause (`KeyRing` in base.py). ActiveCampaign allows 5
+requests per second per account (all keys share it) and answers 429 with `Retry-After` beyond
+that.
 
 Event tracking is another service (`https://trackcmp.net/event`, form-encoded, authenticated by
 the account id `actid` and the Event Key), not counted against the API's budget.
 
 `contact/sync` is an upsert keyed on the email and a delete of a contact that is gone is done,
 so `upsert_contact` and `delete_contact` are idempotent; an event sent twice is counted twice.
+Event tracking takes no flag to record an event without starting automations, and no time: so a
+history replay's event (`backfill: true`) is not sent at all (the receipt says so), and
+`occurred_at` is not sent.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
+from tidings.clock import Clock
 from tidings.delivery.effects import DELETE_CONTACT, TRACK_EVENT, UPSERT_CONTACT, Effect, Receipt
 from tidings.delivery.limits import Limiter
-from tidings.destinations.base import Destination, DestinationSettings, Limits, RateWindow
+from tidings.destinations.base import (
+    Destination,
+    DestinationSettings,
+    KeyRing,
+    Limits,
+    RateWindow,
+    handles,
+    refused_credentials,
+)
 from tidings.exceptions import PermanentDeliveryError
 
 EVENTS_URL = "https://trackcmp.net/event"
@@ -34,11 +48,21 @@ MAX_EVENT_NAME = 32
 class ActiveCampaignSettings(DestinationSettings):
     kind: Literal["activecampaign"]
     base_url: str  # the account's API URL; required: there is no global host
-    api_token: SecretStr
+    api_key: SecretStr  # `api_token` is accepted as its older name
+    next_api_key: SecretStr | None = None  # the key being rotated in
     field_ids: dict[str, str] = {}  # vendor field (as named in profile_sync) -> custom field id
     actid: str | None = None  # event tracking: the account id (Website -> Site Tracking)
     event_key: SecretStr | None = None  # event tracking: the Event Key
     events_url: str = EVENTS_URL
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, value: object) -> object:
+        if isinstance(value, dict) and "api_token" in value:
+            if "api_key" in value:
+                raise ValueError("api_token is the older name of api_key: give one of them")
+            value = {("api_key" if k == "api_token" else k): v for k, v in value.items()}
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -77,28 +101,30 @@ class ActiveCampaignSettings(DestinationSettings):
 class ActiveCampaignDestination(Destination[ActiveCampaignSettings]):
     kind = "activecampaign"
     settings_model = ActiveCampaignSettings
-    actions = frozenset({UPSERT_CONTACT, TRACK_EVENT, DELETE_CONTACT})
     idempotent_actions = frozenset({UPSERT_CONTACT, DELETE_CONTACT})
     default_limits = Limits(windows=[RateWindow(requests=5, per=timedelta(seconds=1))])
 
-    def __init__(self, name: str, settings: ActiveCampaignSettings, http: httpx.AsyncClient) -> None:
-        super().__init__(name, settings, http)
+    def __init__(
+        self,
+        name: str,
+        settings: ActiveCampaignSettings,
+        http: httpx.AsyncClient,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)
+        self.keys = KeyRing(
+            name, self.kind, [("api_key", settings.api_key), ("next_api_key", settings.next_api_key)]
+        )
         # The dispatcher takes one slot per effect; a delete makes two API calls (look up, then
         # delete), so every API call also takes a slot here, keeping the account under its limit.
         self._calls = Limiter(self.limits)
 
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action == UPSERT_CONTACT:
-            return await self._upsert(effect.payload)
-        if effect.action == TRACK_EVENT:
-            return await self._track(effect.payload)
-        if effect.action == DELETE_CONTACT:
-            return await self._delete(effect.payload)
-        raise PermanentDeliveryError(f"activecampaign cannot {effect.action}")
-
     # actions ------------------------------------------------------------------------------
 
-    async def _upsert(self, payload: dict[str, Any]) -> Receipt:
+    @handles(UPSERT_CONTACT)
+    async def _upsert(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         email = _email(payload)
         contact: dict[str, Any] = {"email": email}
         if payload.get("phone"):
@@ -123,7 +149,12 @@ class ActiveCampaignDestination(Destination[ActiveCampaignSettings]):
             status_code=response.status_code,
         )
 
-    async def _track(self, payload: dict[str, Any]) -> Receipt:
+    @handles(TRACK_EVENT)
+    async def _track(self, effect: Effect) -> Receipt:
+        payload = effect.payload
+        if payload.get("backfill"):
+            # a replay of history would start automations today: not sent (see the docstring)
+            return Receipt(detail={"skipped": "backfill: event tracking would start automations"})
         if self.settings.actid is None or self.settings.event_key is None:
             raise PermanentDeliveryError(
                 "activecampaign: event tracking is not configured (set actid and event_key)"
@@ -153,8 +184,9 @@ class ActiveCampaignDestination(Destination[ActiveCampaignSettings]):
             )
         return Receipt(status_code=response.status_code)
 
-    async def _delete(self, payload: dict[str, Any]) -> Receipt:
-        email = _email(payload)
+    @handles(DELETE_CONTACT)
+    async def _delete(self, effect: Effect) -> Receipt:
+        email = _email(effect.payload)
         found = await self._api("GET", "/api/3/contacts", params={"email": email})
         self.check(found, error_text=_error_text(found))
         contacts = [
@@ -172,9 +204,15 @@ class ActiveCampaignDestination(Destination[ActiveCampaignSettings]):
     # helpers ------------------------------------------------------------------------------
 
     async def _api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Api-Token": self.settings.api_token.get_secret_value(), "Accept": "application/json"}
-        async with self._calls.slot():
-            return await self.request(method, self.base_url + path, headers=headers, **kwargs)
+        url = self.base_url + path
+
+        async def call(key: str) -> httpx.Response:
+            async with self._calls.slot():
+                return await self.request(
+                    method, url, headers={"Api-Token": key, "Accept": "application/json"}, **kwargs
+                )
+
+        return await self.keys.send(call, refused_credentials)
 
 
 def _email(payload: dict[str, Any]) -> str:

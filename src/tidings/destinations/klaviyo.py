@@ -1,34 +1,46 @@
 """Klaviyo: profile import (upsert), events with Klaviyo's own dedupe, data-privacy deletion.
 
-Every call carries `Authorization: Klaviyo-API-Key <private key>`, the `revision` header Klaviyo
-requires, and the JSON:API media type. The three actions are idempotent: profile import is an
-upsert, deletion of what is already deleted is harmless, and an event carries the effect's
-idempotency key as `unique_id`, so Klaviyo records a repeated event (same profile and metric) once.
+Every call carries the credentials, the `revision` header Klaviyo requires, and the JSON:API
+media type. The three actions are idempotent: profile import is an upsert, deletion of what is
+already deleted is harmless, and an event carries the effect's idempotency key as `unique_id`, so
+Klaviyo records a repeated event (same profile and metric) once.
 
-Key rotation: `next_api_key` may be set beside `api_key`. When Klaviyo refuses the key in use
-(401/403), the other one is tried at once and, if it works, used from then on; so a new key can
-be added, the old one revoked at Klaviyo, and `api_key` replaced later, without a paused
-destination. Keys are never logged; log lines name them only as `api_key` / `next_api_key`.
+Credentials, one of:
+- `api_key` (a private key, `Authorization: Klaviyo-API-Key ...`), with `next_api_key` for a
+  rotation without pause (`KeyRing` in base.py: on 401/403 the other key is tried at once).
+- `oauth` (an installed OAuth app: client id and secret, refresh token): access tokens come from
+  `https://a.klaviyo.com/oauth/token` (refresh_token grant, client authenticated with HTTP Basic),
+  last an hour, and go as `Authorization: Bearer`; they are renewed a minute before they expire
+  and once on a 401 (`tidings.destinations.oauth`).
+Keys and tokens are never logged; log lines name keys only as `api_key` / `next_api_key`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 
+from tidings.clock import Clock
 from tidings.delivery.effects import DELETE_CONTACT, TRACK_EVENT, UPSERT_CONTACT, Effect, Receipt
 from tidings.delivery.limits import Limiter
-from tidings.destinations.base import Destination, DestinationSettings, Limits, RateWindow
+from tidings.destinations.base import (
+    Destination,
+    DestinationSettings,
+    KeyRing,
+    Limits,
+    RateWindow,
+    handles,
+    refused_credentials,
+)
+from tidings.destinations.oauth import OAuthSession, OAuthSettings
 from tidings.exceptions import PermanentDeliveryError
 
-log = logging.getLogger(__name__)
-
+TOKEN_URL = "https://a.klaviyo.com/oauth/token"
 REVISION = "2026-07-15"
 MEDIA_TYPE = "application/vnd.api+json"
 
@@ -55,15 +67,23 @@ def _windows(per_second: int, per_minute: int) -> list[RateWindow]:
 
 class KlaviyoSettings(DestinationSettings):
     kind: Literal["klaviyo"]
-    api_key: SecretStr  # a private key (pk_...), with scopes events/profiles/data-privacy:write
+    api_key: SecretStr | None = None  # a private key (pk_...), scopes events/profiles/data-privacy:write
     next_api_key: SecretStr | None = None  # the key being rotated in
+    oauth: OAuthSettings | None = None  # instead of api_key: an installed OAuth app
     revision: str = REVISION
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> KlaviyoSettings:
+        if (self.api_key is None) == (self.oauth is None):
+            raise ValueError("give either api_key or oauth (client_id, client_secret, refresh_token)")
+        if self.next_api_key is not None and self.api_key is None:
+            raise ValueError("next_api_key rotates an api_key; with oauth there is no key to rotate")
+        return self
 
 
 class KlaviyoDestination(Destination[KlaviyoSettings]):
     kind = "klaviyo"
     settings_model = KlaviyoSettings
-    actions = frozenset({UPSERT_CONTACT, TRACK_EVENT, DELETE_CONTACT})
     idempotent_actions = frozenset({UPSERT_CONTACT, TRACK_EVENT, DELETE_CONTACT})
     default_base_url = "https://a.klaviyo.com"
     # One budget per destination: profile import's 75/s and 750/min, the action profile sync
@@ -71,30 +91,32 @@ class KlaviyoDestination(Destination[KlaviyoSettings]):
     # are paced below on top of it. See docs/destinations/klaviyo.md.
     default_limits = Limits(windows=_windows(*ENDPOINT_LIMITS["/api/profile-import"]))
 
-    def __init__(self, name: str, settings: KlaviyoSettings, http: httpx.AsyncClient) -> None:
-        super().__init__(name, settings, http)
-        self._keys: list[tuple[str, SecretStr]] = [("api_key", settings.api_key)]
-        if settings.next_api_key is not None:
-            self._keys.append(("next_api_key", settings.next_api_key))
-        self._key = 0  # index of the key in use
+    def __init__(
+        self, name: str, settings: KlaviyoSettings, http: httpx.AsyncClient, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)
+        self.keys: KeyRing | None = None
+        self.oauth: OAuthSession | None = None
+        if settings.oauth is not None:
+            token_url = settings.oauth.token_url or (
+                f"{settings.base_url.rstrip('/')}/oauth/token" if settings.base_url else TOKEN_URL
+            )
+            self.oauth = OAuthSession(self, settings.oauth, token_url)
+        else:
+            self.keys = KeyRing(
+                name, self.kind, [("api_key", settings.api_key), ("next_api_key", settings.next_api_key)]
+            )
         # Deletions have their own, much smaller budget; paced in this process on top of the
         # destination's (a 429 with Retry-After covers other processes sharing the account).
         self._deletions = Limiter(
             Limits(windows=_windows(*ENDPOINT_LIMITS["/api/data-privacy-deletion-jobs"]))
         )
 
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action == UPSERT_CONTACT:
-            return await self._upsert(effect.payload)
-        if effect.action == TRACK_EVENT:
-            return await self._track(effect.payload, effect.idempotency_key)
-        if effect.action == DELETE_CONTACT:
-            return await self._delete(effect.payload)
-        raise PermanentDeliveryError(f"klaviyo does not support {effect.action}")
-
     # ------------------------------------------------------------------ actions
 
-    async def _upsert(self, payload: dict[str, Any]) -> Receipt:
+    @handles(UPSERT_CONTACT)
+    async def _upsert(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         attributes: dict[str, Any] = _identifiers(payload)
         properties: dict[str, Any] = {}
         for field, value in (payload.get("fields") or {}).items():
@@ -115,7 +137,9 @@ class KlaviyoDestination(Destination[KlaviyoSettings]):
             detail={"created": response.status_code == 201},
         )
 
-    async def _track(self, payload: dict[str, Any], unique_id: str) -> Receipt:
+    @handles(TRACK_EVENT)
+    async def _track(self, effect: Effect) -> Receipt:
+        payload, unique_id = effect.payload, effect.idempotency_key
         metric = payload.get("event") or payload.get("metric") or payload.get("name")
         if not isinstance(metric, str) or not metric:
             raise PermanentDeliveryError("klaviyo: the event has no name (payload 'event')")
@@ -130,7 +154,10 @@ class KlaviyoDestination(Destination[KlaviyoSettings]):
             "profile": {"data": {"type": "profile", "attributes": profile}},
             "unique_id": unique_id,  # Klaviyo records a repeat (same profile + metric) once
         }
-        for key in ("time", "value", "value_currency"):
+        when = payload.get("occurred_at") or payload.get("time")
+        if when is not None:
+            attributes["time"] = when
+        for key in ("value", "value_currency"):
             if payload.get(key) is not None:
                 attributes[key] = payload[key]
         if payload.get("backfill"):
@@ -138,7 +165,9 @@ class KlaviyoDestination(Destination[KlaviyoSettings]):
         response = await self._post("/api/events", {"data": {"type": "event", "attributes": attributes}})
         return Receipt(status_code=response.status_code, detail={"unique_id": unique_id})
 
-    async def _delete(self, payload: dict[str, Any]) -> Receipt:
+    @handles(DELETE_CONTACT)
+    async def _delete(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         # Exactly one identifier (Klaviyo refuses several); every profile matching it is deleted.
         profile: dict[str, Any] = {"type": "profile", "attributes": {}}
         found = _identifiers(payload)
@@ -161,38 +190,27 @@ class KlaviyoDestination(Destination[KlaviyoSettings]):
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         content = json.dumps(body, separators=(",", ":"), default=str).encode()
-        tried = 0
-        while True:
-            name, key = self._keys[self._key]
-            response = await self.request(
+
+        async def call(authorization: str) -> httpx.Response:
+            return await self.request(
                 "POST",
                 f"{self.base_url}{path}",
                 content=content,
                 headers={
-                    "authorization": f"Klaviyo-API-Key {key.get_secret_value()}",
+                    "authorization": authorization,
                     "revision": self.settings.revision,
                     "content-type": MEDIA_TYPE,
                     "accept": MEDIA_TYPE,
                 },
             )
-            tried += 1
-            if response.status_code in (401, 403) and tried < len(self._keys):
-                following = (self._key + 1) % len(self._keys)
-                log.warning(
-                    "klaviyo refused %s; trying %s",
-                    name,
-                    self._keys[following][0],
-                    extra={
-                        "action": "key_rotation",
-                        "destination": self.name,
-                        "refused": name,
-                        "trying": self._keys[following][0],
-                    },
-                )
-                self._key = following
-                continue
-            self.check(response, error_text=_error_text(response))
-            return response
+
+        if self.oauth is not None:
+            response = await self.oauth.send(lambda token: call(f"Bearer {token}"))
+        else:
+            assert self.keys is not None
+            response = await self.keys.send(lambda key: call(f"Klaviyo-API-Key {key}"), refused_credentials)
+        self.check(response, error_text=_error_text(response))
+        return response
 
 
 def _identifiers(payload: dict[str, Any]) -> dict[str, Any]:

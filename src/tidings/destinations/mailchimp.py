@@ -1,7 +1,12 @@
 """Mailchimp Marketing API v3: audience members, their events, customer-journey triggers, erasure.
 
-The data centre is the suffix of the API key (`...-us14` -> https://us14.api.mailchimp.com/3.0);
-`base_url` overrides it. Members are addressed by their subscriber hash, the MD5 of the
+Credentials, one of: `api_key` (HTTP Basic, any user name, the key as password), with
+`next_api_key` for a rotation without pause (`KeyRing` in base.py); or `access_token`, an OAuth 2
+token of an installed Mailchimp app (`Authorization: Bearer`; Mailchimp's OAuth tokens do not
+expire, so there is nothing to refresh), with the account's data centre given as `dc`.
+
+The data centre is the suffix of the API key (`...-us14` -> https://us14.api.mailchimp.com/3.0),
+or `dc`; `base_url` overrides both. Members are addressed by their subscriber hash, the MD5 of the
 lower-cased email. Mailchimp limits each account to 10 simultaneous connections (no per-minute
 quota, no rate-limit headers); beyond that it answers 429. Errors are `application/problem+json`
 `{type, title, status, detail}`; the `detail` is what goes to the dead letters.
@@ -17,8 +22,9 @@ import json
 from typing import Any, Literal
 
 import httpx
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from tidings.clock import Clock
 from tidings.delivery.effects import (
     DELETE_CONTACT,
     TRACK_EVENT,
@@ -27,21 +33,42 @@ from tidings.delivery.effects import (
     Effect,
     Receipt,
 )
-from tidings.destinations.base import Destination, DestinationSettings, Limits
+from tidings.destinations.base import (
+    Destination,
+    DestinationSettings,
+    KeyRing,
+    Limits,
+    handles,
+    refused_credentials,
+)
 from tidings.exceptions import PermanentDeliveryError
 
 
 class MailchimpSettings(DestinationSettings):
     kind: Literal["mailchimp"]
-    api_key: SecretStr  # ends in -<data centre>, e.g. -us14
+    api_key: SecretStr | None = None  # ends in -<data centre>, e.g. -us14
+    next_api_key: SecretStr | None = None  # the key being rotated in
+    access_token: SecretStr | None = None  # instead of api_key: an OAuth token (needs dc)
+    dc: str | None = Field(default=None, pattern=r"^[a-z]+[0-9]+$")  # the data centre, e.g. us14
     list_id: str  # the audience
     status_if_new: Literal["subscribed", "pending"] = "subscribed"  # pending: double opt-in email
     tags: list[str] = []  # added to every contact tidings pushes
 
     @model_validator(mode="after")
-    def _data_centre(self) -> MailchimpSettings:
-        if self.base_url is None and not data_centre(self.api_key.get_secret_value()):
-            raise ValueError("the api_key must end in -<data centre> (e.g. -us14), or set base_url")
+    def _credentials(self) -> MailchimpSettings:
+        if (self.api_key is None) == (self.access_token is None):
+            raise ValueError("give either api_key or access_token (an OAuth token)")
+        if self.next_api_key is not None and self.api_key is None:
+            raise ValueError("next_api_key rotates an api_key; an access_token has no next one")
+        if self.base_url is None and self.dc is None:
+            if self.api_key is None:
+                raise ValueError("with an access_token, give the data centre as dc (e.g. us14) or base_url")
+            if not data_centre(self.api_key.get_secret_value()):
+                raise ValueError("the api_key must end in -<data centre> (e.g. -us14), or set dc or base_url")
+        if self.api_key is not None and self.next_api_key is not None:
+            ours, theirs = (data_centre(k.get_secret_value()) for k in (self.api_key, self.next_api_key))
+            if ours and theirs and ours != theirs:
+                raise ValueError(f"api_key is for data centre {ours} but next_api_key for {theirs}")
         return self
 
 
@@ -59,30 +86,33 @@ def subscriber_hash(email: str) -> str:
 class MailchimpDestination(Destination[MailchimpSettings]):
     kind = "mailchimp"
     settings_model = MailchimpSettings
-    actions = frozenset({UPSERT_CONTACT, TRACK_EVENT, TRIGGER_JOURNEY, DELETE_CONTACT})
     idempotent_actions = frozenset({UPSERT_CONTACT, DELETE_CONTACT})
     default_limits = Limits(concurrency=10)
+
+    def __init__(
+        self, name: str, settings: MailchimpSettings, http: httpx.AsyncClient, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)
+        self.keys = (
+            KeyRing(name, self.kind, [("api_key", settings.api_key), ("next_api_key", settings.next_api_key)])
+            if settings.api_key is not None
+            else None
+        )
 
     @property
     def base_url(self) -> str:
         if self.settings.base_url:
             return self.settings.base_url.rstrip("/")
-        return f"https://{data_centre(self.settings.api_key.get_secret_value())}.api.mailchimp.com/3.0"
-
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action == UPSERT_CONTACT:
-            return await self._upsert(effect.payload)
-        if effect.action == TRACK_EVENT:
-            return await self._event(effect.payload)
-        if effect.action == TRIGGER_JOURNEY:
-            return await self._trigger(effect.payload)
-        if effect.action == DELETE_CONTACT:
-            return await self._delete(effect.payload)
-        raise PermanentDeliveryError(f"mailchimp: no action {effect.action!r}")
+        dc = self.settings.dc
+        if dc is None and self.settings.api_key is not None:
+            dc = data_centre(self.settings.api_key.get_secret_value())
+        return f"https://{dc}.api.mailchimp.com/3.0"
 
     # ------------------------------------------------------------------ actions
 
-    async def _upsert(self, payload: dict[str, Any]) -> Receipt:
+    @handles(UPSERT_CONTACT)
+    async def _upsert(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         email = _email(payload)
         body: dict[str, Any] = {"email_address": email, "status_if_new": self.settings.status_if_new}
         if payload.get("consent", {}).get("email") == "unsubscribed":
@@ -112,9 +142,11 @@ class MailchimpDestination(Destination[MailchimpSettings]):
             detail={"status": member.get("status")} if member.get("status") else {},
         )
 
-    async def _event(self, payload: dict[str, Any]) -> Receipt:
+    @handles(TRACK_EVENT)
+    async def _event(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         email = _email(payload)
-        name = str(payload.get("name") or payload.get("event") or "")
+        name = str(payload.get("event") or payload.get("name") or "")
         if not 2 <= len(name) <= 30:
             raise PermanentDeliveryError(f"mailchimp: an event name must be 2 to 30 characters, not {name!r}")
         body: dict[str, Any] = {
@@ -129,7 +161,9 @@ class MailchimpDestination(Destination[MailchimpSettings]):
         response = await self._call("POST", self._member(email) + "/events", body=body)
         return Receipt(status_code=response.status_code)
 
-    async def _trigger(self, payload: dict[str, Any]) -> Receipt:
+    @handles(TRIGGER_JOURNEY)
+    async def _trigger(self, effect: Effect) -> Receipt:
+        payload = effect.payload
         email = _email(payload)
         try:
             journey, step = int(payload["journey_id"]), int(payload["step_id"])
@@ -141,8 +175,9 @@ class MailchimpDestination(Destination[MailchimpSettings]):
         response = await self._call("POST", path, body={"email_address": email})
         return Receipt(status_code=response.status_code)
 
-    async def _delete(self, payload: dict[str, Any]) -> Receipt:
-        email = _email(payload)
+    @handles(DELETE_CONTACT)
+    async def _delete(self, effect: Effect) -> Receipt:
+        email = _email(effect.payload)
         response = await self._call(
             "POST", self._member(email) + "/actions/delete-permanent", allow_missing=True
         )
@@ -156,12 +191,16 @@ class MailchimpDestination(Destination[MailchimpSettings]):
     async def _call(
         self, method: str, path: str, *, body: Any = None, allow_missing: bool = False
     ) -> httpx.Response:
-        response = await self.request(
-            method,
-            self.base_url + path,
-            json=body,
-            auth=httpx.BasicAuth("tidings", self.settings.api_key.get_secret_value()),
-        )
+        url = self.base_url + path
+        if self.keys is None:
+            assert self.settings.access_token is not None
+            bearer = {"authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
+            response = await self.request(method, url, json=body, headers=bearer)
+        else:
+            response = await self.keys.send(
+                lambda key: self.request(method, url, json=body, auth=httpx.BasicAuth("tidings", key)),
+                refused_credentials,
+            )
         if allow_missing and response.status_code == 404:
             return response  # erasing someone Mailchimp never had (or already erased) is done
         self.check(response, error_text=_problem(response))

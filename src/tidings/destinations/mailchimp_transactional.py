@@ -1,6 +1,8 @@
 """Mailchimp Transactional (Mandrill): one templated email to one recipient, `messages/send-template`.
 
-The API key travels in the JSON body (`key`), not in a header. A 200 is an array with one result
+The API key travels in the JSON body (`key`), not in a header; `next_api_key` beside `api_key`
+rotates it without a pause (`KeyRing` in base.py: when Mandrill answers `Invalid_Key`, whatever
+the HTTP status, the other key is tried at once). A 200 is an array with one result
 per recipient, and a recipient can still be refused in it (`status: rejected|invalid` with a
 `reject_reason`: hard-bounce, unsub, spam, ...): that is a permanent failure naming the reason.
 Errors are `{status: "error", code, name, message}`; Mandrill has long answered them with HTTP 500
@@ -19,8 +21,9 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr
 
+from tidings.clock import Clock
 from tidings.delivery.effects import SEND_TEMPLATE, Effect, Receipt
-from tidings.destinations.base import Destination, DestinationSettings
+from tidings.destinations.base import Destination, DestinationSettings, KeyRing, handles
 from tidings.exceptions import DestinationAuthError, PermanentDeliveryError
 
 # Errors whose cause a retry cannot fix, whatever HTTP status they came with.
@@ -41,6 +44,7 @@ _REFUSED = frozenset({"rejected", "invalid"})
 class MailchimpTransactionalSettings(DestinationSettings):
     kind: Literal["mailchimp-transactional"]
     api_key: SecretStr
+    next_api_key: SecretStr | None = None  # the key being rotated in
     from_email: str | None = None  # else the template's own sender
     from_name: str | None = None
     subaccount: str | None = None
@@ -50,17 +54,31 @@ class MailchimpTransactionalSettings(DestinationSettings):
 class MailchimpTransactionalDestination(Destination[MailchimpTransactionalSettings]):
     kind = "mailchimp-transactional"
     settings_model = MailchimpTransactionalSettings
-    actions = frozenset({SEND_TEMPLATE})
     idempotent_actions = frozenset()
     # Both official descriptions name this host; they disagree on the version (1.3 in the
     # Swagger 2.0 file, 1.4 in the OpenAPI 3.1 one): set base_url to use the other.
     default_base_url = "https://mandrillapp.com/api/1.3"
 
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action != SEND_TEMPLATE:
-            raise PermanentDeliveryError(f"mailchimp-transactional: no action {effect.action!r}")
+    def __init__(
+        self,
+        name: str,
+        settings: MailchimpTransactionalSettings,
+        http: httpx.AsyncClient,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)
+        self.keys = KeyRing(
+            name, self.kind, [("api_key", settings.api_key), ("next_api_key", settings.next_api_key)]
+        )
+
+    @handles(SEND_TEMPLATE)
+    async def _send(self, effect: Effect) -> Receipt:
         body = self.body(effect)
-        response = await self.request("POST", self.base_url + "/messages/send-template", json=body)
+        url = self.base_url + "/messages/send-template"
+        response = await self.keys.send(
+            lambda key: self.request("POST", url, json={**body, "key": key}), _refused
+        )
         if response.status_code >= 300:
             self._fail(response)
         email = body["message"]["to"][0]["email"]
@@ -80,7 +98,11 @@ class MailchimpTransactionalDestination(Destination[MailchimpTransactionalSettin
         )
 
     def body(self, effect: Effect) -> dict[str, Any]:
-        """The send-template request for `effect` (payload: email, template, merge vars ...)."""
+        """The send-template request for `effect` (payload: email, name, template, variables ...).
+
+        `variables` become the recipient's merge vars (`merge_vars` and `global_merge_vars` in
+        Mandrill's own form are still read, and win over `variables` for the same name).
+        """
         payload = effect.payload
         email = payload.get("email")
         if not isinstance(email, str) or "@" not in email:
@@ -95,7 +117,7 @@ class MailchimpTransactionalDestination(Destination[MailchimpTransactionalSettin
             "to": [recipient],
             "metadata": {"tidings_idempotency_key": effect.idempotency_key},
         }
-        merge_vars = _vars(payload.get("merge_vars"))
+        merge_vars = _merged(_vars(payload.get("variables")), _vars(payload.get("merge_vars")))
         if merge_vars:
             message["merge_vars"] = [{"rcpt": recipient["email"], "vars": merge_vars}]
         global_vars = _vars(payload.get("global_merge_vars"))
@@ -114,7 +136,7 @@ class MailchimpTransactionalDestination(Destination[MailchimpTransactionalSettin
         if payload.get("tags"):
             message["tags"] = [str(t) for t in payload["tags"]]
         return {
-            "key": settings.api_key.get_secret_value(),
+            "key": self.keys.key,
             "template_name": template,
             "template_content": [],
             "message": message,
@@ -134,6 +156,23 @@ class MailchimpTransactionalDestination(Destination[MailchimpTransactionalSettin
             raise PermanentDeliveryError(detail, status=response.status_code)
         self.check(response, error_text=text)
         raise PermanentDeliveryError(detail, status=response.status_code)  # a 2xx "error"
+
+
+def _refused(response: httpx.Response) -> bool:
+    """Mandrill's answer to a key it does not accept: `Invalid_Key`, with any HTTP status."""
+    if response.status_code in (401, 403):
+        return True
+    error = _json(response) if response.status_code >= 300 else None
+    return isinstance(error, dict) and error.get("name") == "Invalid_Key"
+
+
+def _merged(*groups: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Merge vars by name, later groups winning, in first-seen order."""
+    out: dict[str, dict[str, str]] = {}
+    for group in groups:
+        for var in group:
+            out[var["name"]] = var
+    return list(out.values())
 
 
 def _vars(value: Any) -> list[dict[str, str]]:

@@ -5,8 +5,10 @@
   `custom_fields` keyed by its field id (`e1_T`), which `custom_field_ids` maps from the name used
   in `profile_sync`. A field that is neither is refused before sending. SendGrid answers 202 with
   a `job_id`: the import is queued, not done; the receipt keeps the job id.
-- `send_template`: `POST /v3/mail/send` with `template_id`, one personalization with the
-  recipient and its `dynamic_template_data`, and the effect's idempotency key in the
+- `send_template`: `POST /v3/mail/send` with `template_id` (the payload's `template`), one
+  personalization with the recipient and its `dynamic_template_data` (the payload's `variables`;
+  a `subject` goes in there too, since a dynamic template takes its subject from its own
+  `{{subject}}`, not from the request), and the effect's idempotency key in the
   personalization's `custom_args` (the Event Webhook hands it back). 202, or 200 in sandbox mode;
   the `X-Message-Id` header is the receipt's remote id. SendGrid has no idempotency key, so a send
   whose outcome is unknown is not repeated by itself.
@@ -14,8 +16,10 @@
   `DELETE /v3/marketing/contacts?ids=...` (202, a job). A contact SendGrid does not know is already
   deleted.
 
-Errors come as `{"errors": [{"field", "message"}]}`; their messages are the error text. Rate limits
-are SendGrid's `X-RateLimit-*` headers: a 429 without `Retry-After` waits until `X-RateLimit-Reset`.
+The key goes as `Authorization: Bearer`; `next_api_key` beside `api_key` rotates it without a
+pause (`KeyRing` in base.py). Errors come as `{"errors": [{"field", "message"}]}`; their messages
+are the error text. Rate limits are SendGrid's `X-RateLimit-*` headers: a 429 without
+`Retry-After` waits until `X-RateLimit-Reset`.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import SecretStr
 
+from tidings.clock import Clock
 from tidings.delivery.effects import DELETE_CONTACT, SEND_TEMPLATE, UPSERT_CONTACT, Effect, Receipt
-from tidings.destinations.base import Destination, DestinationSettings
+from tidings.destinations.base import (
+    Destination,
+    DestinationSettings,
+    KeyRing,
+    handles,
+    refused_credentials,
+)
 from tidings.exceptions import PermanentDeliveryError
 
 # Fields every Marketing Campaigns contact has, set at the top of the contact (not custom fields).
@@ -54,6 +65,7 @@ IDEMPOTENCY_ARG = "tidings_idempotency_key"
 class SendGridSettings(DestinationSettings):
     kind: Literal["sendgrid"]
     api_key: SecretStr  # sent as `Authorization: Bearer`
+    next_api_key: SecretStr | None = None  # the key being rotated in
     sandbox: bool = False  # mail_settings.sandbox_mode: SendGrid validates and sends nothing
     list_ids: list[str] = []  # lists every upserted contact is added to
     custom_field_ids: dict[str, str] = {}  # vendor field name (as in profile_sync) -> field id
@@ -65,24 +77,23 @@ class SendGridSettings(DestinationSettings):
 class SendGridDestination(Destination[SendGridSettings]):
     kind = "sendgrid"
     settings_model = SendGridSettings
-    actions = frozenset({UPSERT_CONTACT, SEND_TEMPLATE, DELETE_CONTACT})
     # An upsert and a delete can be repeated harmlessly; a mail send cannot (no idempotency key).
     idempotent_actions = frozenset({UPSERT_CONTACT, DELETE_CONTACT})
     default_base_url: ClassVar[str] = "https://api.sendgrid.com"  # EU: https://api.eu.sendgrid.com
     # SendGrid publishes no numbers (they differ per endpoint and account); it reports them in
     # X-RateLimit-* headers and answers 429 beyond them. Set `limits:` to stay under yours.
 
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action == UPSERT_CONTACT:
-            return await self._upsert(effect)
-        if effect.action == SEND_TEMPLATE:
-            return await self._send(effect)
-        if effect.action == DELETE_CONTACT:
-            return await self._delete(effect)
-        raise PermanentDeliveryError(f"sendgrid: action {effect.action!r} is not supported")
+    def __init__(
+        self, name: str, settings: SendGridSettings, http: httpx.AsyncClient, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)
+        self.keys = KeyRing(
+            name, self.kind, [("api_key", settings.api_key), ("next_api_key", settings.next_api_key)]
+        )
 
     # ------------------------------------------------------------------ actions
 
+    @handles(UPSERT_CONTACT)
     async def _upsert(self, effect: Effect) -> Receipt:
         contact = self.contact(effect.payload)
         body: dict[str, Any] = {"contacts": [contact]}
@@ -121,19 +132,25 @@ class SendGridDestination(Destination[SendGridSettings]):
             )
         return contact
 
+    @handles(SEND_TEMPLATE)
     async def _send(self, effect: Effect) -> Receipt:
         body = self.mail(effect)
         response = await self._call("POST", "/v3/mail/send", json=body)
         return self._receipt(response, remote_id=response.headers.get("x-message-id"))
 
     def mail(self, effect: Effect) -> dict[str, Any]:
-        """The Mail Send body for a send_template payload ({email, name?, template_id, data?, from_*?})."""
+        """The Mail Send body for a send_template payload.
+
+        {email, name?, template, variables?, subject?, from_email?, from_name?}; `template_id`
+        and `data` are older names of `template` and `variables`, still read.
+        """
         payload = effect.payload
-        email, template_id = payload.get("email"), payload.get("template_id")
+        email = payload.get("email")
+        template_id = payload.get("template") or payload.get("template_id")
         sender = payload.get("from_email") or self.settings.from_email
         missing = [
             what
-            for what, value in (("email", email), ("template_id", template_id), ("from_email", sender))
+            for what, value in (("email", email), ("template", template_id), ("from_email", sender))
             if not value
         ]
         if missing:
@@ -147,9 +164,14 @@ class SendGridDestination(Destination[SendGridSettings]):
             # personalization's is an object, carried to the Event Webhook all the same.
             "custom_args": {IDEMPOTENCY_ARG: effect.idempotency_key},
         }
-        data = payload.get("data")
+        variables = payload.get("variables", payload.get("data"))
+        if variables is not None and not isinstance(variables, dict):
+            raise PermanentDeliveryError("sendgrid: send_template variables must be a mapping")
+        data = dict(variables or {})
+        if payload.get("subject") and "subject" not in data:
+            data["subject"] = str(payload["subject"])  # for the template's {{subject}}
         if data:
-            personalization["dynamic_template_data"] = dict(data)
+            personalization["dynamic_template_data"] = data
         sender_obj: dict[str, Any] = {"email": str(sender)}
         sender_name = payload.get("from_name") or (
             None if payload.get("from_email") else self.settings.from_name
@@ -165,6 +187,7 @@ class SendGridDestination(Destination[SendGridSettings]):
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return body
 
+    @handles(DELETE_CONTACT)
     async def _delete(self, effect: Effect) -> Receipt:
         email = effect.payload.get("email")
         if not email:
@@ -192,10 +215,15 @@ class SendGridDestination(Destination[SendGridSettings]):
     async def _call(
         self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        headers = {"authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
-        if self.settings.on_behalf_of:
-            headers["on-behalf-of"] = self.settings.on_behalf_of
-        response = await self.request(method, self.base_url + path, headers=headers, **kwargs)
+        url = self.base_url + path
+
+        async def call(key: str) -> httpx.Response:
+            headers = {"authorization": f"Bearer {key}"}
+            if self.settings.on_behalf_of:
+                headers["on-behalf-of"] = self.settings.on_behalf_of
+            return await self.request(method, url, headers=headers, **kwargs)
+
+        response = await self.keys.send(call, refused_credentials)
         if not (missing_ok and response.status_code == 404):
             self.check(response, error_text=error_text(response))
         return response

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formataddr, formatdate, parseaddr
 from typing import Any, Literal
 
 import aiosmtplib
@@ -28,9 +30,10 @@ import httpx
 from pydantic import Field, SecretStr, model_validator
 
 from tidings import templating
+from tidings.clock import Clock
 from tidings.configmodel import ConfigModel
 from tidings.delivery.effects import SEND_TEMPLATE, Effect, Receipt
-from tidings.destinations.base import Destination, DestinationSettings
+from tidings.destinations.base import Destination, DestinationSettings, handles
 from tidings.exceptions import (
     DestinationAuthError,
     PermanentDeliveryError,
@@ -76,17 +79,17 @@ class SmtpSettings(DestinationSettings):
 class SmtpDestination(Destination[SmtpSettings]):
     kind = "smtp"
     settings_model = SmtpSettings
-    actions = frozenset({SEND_TEMPLATE})
     idempotent_actions = frozenset[str]()  # SMTP cannot tell a repeat from a new mail
 
-    def __init__(self, name: str, settings: SmtpSettings, http: httpx.AsyncClient) -> None:
-        super().__init__(name, settings, http)  # the HTTP client is unused: this is SMTP
+    def __init__(
+        self, name: str, settings: SmtpSettings, http: httpx.AsyncClient, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(name, settings, http, clock=clock)  # the HTTP client is unused: this is SMTP
 
-    async def deliver(self, effect: Effect) -> Receipt:
-        if effect.action != SEND_TEMPLATE:
-            raise PermanentDeliveryError(f"smtp cannot {effect.action}")
+    @handles(SEND_TEMPLATE)
+    async def _send(self, effect: Effect) -> Receipt:
         message = self.compose(effect)
-        recipient = str(message["To"])
+        recipient = parseaddr(str(message["To"]))[1]
         settings = self.settings
         try:
             refused, reply = await aiosmtplib.send(
@@ -129,6 +132,12 @@ class SmtpDestination(Destination[SmtpSettings]):
         return Receipt(remote_id=str(message["Message-ID"]), detail={"reply": reply})
 
     def compose(self, effect: Effect) -> EmailMessage:
+        """The mail for a send_template payload.
+
+        {email (or to), name?, template, variables, subject?, from_email?, from_name?}: a
+        `subject` replaces the template's (as given, not rendered); `from_*` replace the
+        configured sender (the relay must allow that address).
+        """
         payload = effect.payload
         name = payload.get("template")
         template = self.settings.templates.get(str(name))
@@ -141,12 +150,25 @@ class SmtpDestination(Destination[SmtpSettings]):
         variables = payload.get("variables") or {}
         if not isinstance(variables, dict):
             raise PermanentDeliveryError("smtp: variables must be a mapping")
+        sender = self.settings.from_address
+        if payload.get("from_email") or payload.get("from_name"):
+            configured_name, configured_address = parseaddr(sender)
+            sender = formataddr(
+                (
+                    str(payload.get("from_name") or configured_name),
+                    str(payload.get("from_email") or configured_address),
+                )
+            )
+        subject = payload.get("subject") or render(template.subject, variables, what=f"{name}.subject")
         message = EmailMessage()
-        message["From"] = self.settings.from_address
-        message["To"] = to
-        message["Subject"] = render(template.subject, variables, what=f"{name}.subject").replace("\n", " ")
+        try:
+            message["From"] = sender
+            message["To"] = Address(str(payload["name"]), addr_spec=to) if payload.get("name") else to
+        except (ValueError, IndexError, HeaderParseError) as exc:
+            raise PermanentDeliveryError(f"smtp: an address is malformed: {exc}") from exc
+        message["Subject"] = str(subject).replace("\n", " ")
         message["Date"] = formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = message_id(effect.idempotency_key, self.settings.from_address)
+        message["Message-ID"] = message_id(effect.idempotency_key, sender)
         message.set_content(render(template.text, variables, what=f"{name}.text"))
         if template.html is not None:
             message.add_alternative(

@@ -3,6 +3,8 @@
 Any receiver that verifies Standard Webhooks (a `standardwebhooks` library, Svix, tidings itself)
 can check it. `webhook-id` is the effect's idempotency key, so a receiver that deduplicates on it
 (as the specification asks) makes a retried delivery harmless: every action is idempotent here.
+`data` is the effect's payload as the flow engine made it (docs/destinations/README.md, "Payloads
+by action"), so a receiver sees the same shape whatever destination the flow was written for.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Literal
 from pydantic import SecretStr, field_validator
 
 from tidings.delivery.effects import ACTIONS, Effect, Receipt
-from tidings.destinations.base import Destination, DestinationSettings
+from tidings.destinations.base import Destination, DestinationSettings, handles
 
 
 class WebhookSettings(DestinationSettings):
@@ -38,10 +40,10 @@ class WebhookSettings(DestinationSettings):
 class WebhookDestination(Destination[WebhookSettings]):
     kind = "webhook"
     settings_model = WebhookSettings
-    actions = frozenset(ACTIONS)
     idempotent_actions = frozenset(ACTIONS)
 
-    async def deliver(self, effect: Effect) -> Receipt:
+    @handles(*ACTIONS)
+    async def _post(self, effect: Effect) -> Receipt:
         body = json.dumps(
             {"type": effect.action, "timestamp": int(time.time()), "data": effect.payload},
             separators=(",", ":"),

@@ -6,6 +6,8 @@ way: an unknown key in `contact` is refused (ActiveCampaign ignores it), so a mi
 a test instead of vanishing. What is not documented (marked in the code) is an assumption.
 
 The event tracking endpoint is served at `/event` of the same server: point `events_url` at it.
+Several API keys may be valid at once (`api_keys`, a rotation); `revoke(key)` withdraws one, and
+a key that is not valid is answered 403 (assumed: ActiveCampaign does not document the answer).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,7 +32,7 @@ CONTACT_KEYS = {"email", "firstName", "lastName", "phone", "fieldValues", "orgid
 class ActiveCampaignSimulator(Simulator):
     def __init__(
         self,
-        api_token: str = "ac-test-token",
+        api_keys: str | Iterable[str] = "ac-test-token",
         *,
         actid: str = "1000001",
         event_key: str = "ac-event-key",
@@ -38,7 +41,7 @@ class ActiveCampaignSimulator(Simulator):
         grace: float = 0.05,
     ) -> None:
         super().__init__()
-        self.api_token = api_token
+        self.api_keys = {api_keys} if isinstance(api_keys, str) else set(api_keys)
         self.actid = actid
         self.event_key = event_key
         # 5 requests per second per account; `grace` forgives arrival jitter between a client
@@ -65,11 +68,16 @@ class ActiveCampaignSimulator(Simulator):
     def contact(self, email: str) -> dict[str, Any] | None:
         return self.contacts.get(email.lower())
 
+    def revoke(self, key: str) -> None:
+        """Withdraw an API key: it is refused from now on."""
+        with self._lock:
+            self.api_keys.discard(key)
+
     # ------------------------------------------------------------------ the API
 
     def _gate(self, request: Request) -> Response | None:
         """The Api-Token, then the account's rate limit."""
-        if request.headers.get("api-token") != self.api_token:
+        if request.headers.get("api-token") not in self.api_keys:
             # The body of ActiveCampaign's answer to a bad token is not documented (assumption).
             return JSONResponse({"message": "Forbidden"}, 403)
         now = time.monotonic()

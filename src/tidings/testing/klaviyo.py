@@ -1,28 +1,41 @@
 """A local Klaviyo: profile import, events (deduplicated by `unique_id`), data-privacy deletion.
 
-Requests are checked as Klaviyo checks them: the `Authorization: Klaviyo-API-Key` header (401),
-the `revision` header (400), and the body against the request schemas of Klaviyo's official
+Requests are checked as Klaviyo checks them: the `Authorization` header (401): `Klaviyo-API-Key`
+with one of `api_keys`, or `Bearer` with an access token this simulator issued and that has not
+expired; the `revision` header (400), and the body against the request schemas of Klaviyo's official
 OpenAPI description (400 in Klaviyo's JSON:API error shape, with a `source.pointer` to the
 offending member). The schemas are extracted into `schemas/klaviyo.json` by
 `tools/extract_schemas.py`.
 
 Limits: Klaviyo counts fixed windows per endpoint (a 1 s burst and a 1 min steady window). The
 simulator always counts them (`limit_violations`); with `enforce_limits=True` it also answers the
-excess with 429 and `Retry-After`, as Klaviyo does. Error wording is the simulator's own where the
+excess with 429 and `Retry-After`, as Klaviyo does.
+
+OAuth: `POST /oauth/token` serves the refresh_token grant as Klaviyo's token endpoint does: the
+client authenticated with HTTP Basic (`client_secret_post` is accepted too), a form body, an
+answer `{access_token, token_type: Bearer, expires_in, refresh_token, scope}`; errors in RFC 6749's
+shape (`invalid_client` 401, `invalid_grant` 400, ...). Access tokens live `token_lifetime`
+seconds (Klaviyo's are an hour); with `rotate_refresh_tokens` each refresh answers a new refresh
+token and retires the old one. `revoke(...)` withdraws a key or token, `expire_access_tokens()`
+ends every issued access token. Error wording is the simulator's own where the
 official text is not known; the shapes and status codes follow the spec.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib.resources import files
 from typing import Any
+from urllib.parse import parse_qs
 
 from jsonschema import Draft202012Validator, FormatChecker  # type: ignore[import-untyped]
 from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped]
@@ -34,6 +47,7 @@ from starlette.routing import Route
 
 from tidings.testing.simulator import Simulator
 
+OAUTH_TOKEN = "/oauth/token"
 MEDIA_TYPE = "application/vnd.api+json"
 BASE_URI = "urn:tidings:schemas:klaviyo"
 EVENTS = "/api/events"
@@ -91,14 +105,24 @@ def errors_response(status: int, errors: Iterable[dict[str, Any]], **headers: st
 class KlaviyoSimulator(Simulator):
     def __init__(
         self,
-        api_keys: Iterable[str] = ("pk_test_simulator",),
+        api_keys: str | Iterable[str] = ("pk_test_simulator",),
         *,
         revision: str = "2026-07-15",
         enforce_limits: bool = False,
         limits: dict[str, tuple[int, int]] | None = None,
+        oauth_clients: Mapping[str, str] | None = None,
+        refresh_tokens: Iterable[str] = (),
+        token_lifetime: float = 3600.0,
+        rotate_refresh_tokens: bool = False,
     ) -> None:
         super().__init__()
-        self.api_keys = set(api_keys)
+        self.api_keys = {api_keys} if isinstance(api_keys, str) else set(api_keys)
+        self.oauth_clients = dict(oauth_clients or {})  # client_id -> client_secret
+        self.refresh_tokens = set(refresh_tokens)
+        self.token_lifetime = token_lifetime
+        self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.access_tokens: dict[str, float] = {}  # issued token -> time.monotonic() it expires
+        self.token_answers: list[tuple[int, str]] = []  # (status, error or "issued") per token request
         self.revision = revision
         self.enforce_limits = enforce_limits
         self.limits = {**spec_limits(), **(limits or {})}
@@ -117,7 +141,26 @@ class KlaviyoSimulator(Simulator):
             Route(EVENTS, self.create_event, methods=["POST"]),
             Route(PROFILE_IMPORT, self.profile_import, methods=["POST"]),
             Route(DELETION, self.deletion_job, methods=["POST"]),
+            Route(OAUTH_TOKEN, self.oauth_token, methods=["POST"]),
         ]
+
+    def revoke(self, credential: str) -> None:
+        """Withdraw an API key, access token or refresh token: it is refused from now on."""
+        with self._state:
+            self.api_keys.discard(credential)
+            self.access_tokens.pop(credential, None)
+            self.refresh_tokens.discard(credential)
+
+    def expire_access_tokens(self) -> None:
+        with self._state:
+            self.access_tokens.clear()
+
+    def _accepts(self, scheme: str, credential: str) -> bool:
+        with self._state:
+            if scheme == "Klaviyo-API-Key":
+                return credential in self.api_keys
+            expires = self.access_tokens.get(credential)
+            return expires is not None and time.monotonic() < expires
 
     # ------------------------------------------------------------------ the checks
 
@@ -125,7 +168,7 @@ class KlaviyoSimulator(Simulator):
         """The parsed body of a request Klaviyo would process, or Klaviyo's refusal."""
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
-        if scheme != "Klaviyo-API-Key" or not key:
+        if scheme not in ("Klaviyo-API-Key", "Bearer") or not key:
             return errors_response(
                 401,
                 [
@@ -133,11 +176,11 @@ class KlaviyoSimulator(Simulator):
                         401,
                         "not_authenticated",
                         "Authentication credentials were not provided.",
-                        "Missing or invalid authorization scheme. Please use Klaviyo-API-Key.",
+                        "Missing or invalid authorization scheme. Please use Klaviyo-API-Key or Bearer.",
                     )
                 ],
             )
-        if key not in self.api_keys:
+        if not self._accepts(scheme, key):
             return errors_response(
                 401,
                 [
@@ -357,6 +400,51 @@ class KlaviyoSimulator(Simulator):
                     del self.profiles[pid]
         return Response(status_code=202)
 
+    async def oauth_token(self, request: Request) -> Response:
+        """The refresh_token grant (the only one a server-side integration uses after install)."""
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return self._oauth_error(400, "invalid_request", "The body must be form-encoded.")
+        form = {
+            k: v[-1] for k, v in parse_qs((await request.body()).decode(), keep_blank_values=True).items()
+        }
+        client = _basic(request.headers.get("authorization", "")) or (
+            form.get("client_id", ""),
+            form.get("client_secret", ""),
+        )
+        if not client[0] or self.oauth_clients.get(client[0]) != client[1]:
+            return self._oauth_error(401, "invalid_client", "Client authentication failed.")
+        if form.get("grant_type") != "refresh_token":
+            return self._oauth_error(400, "unsupported_grant_type", "Only refresh_token is served here.")
+        old = form.get("refresh_token", "")
+        access = fresh = ""
+        with self._state:
+            if old in self.refresh_tokens:
+                access = "kat_" + secrets.token_urlsafe(24)
+                self.access_tokens[access] = time.monotonic() + self.token_lifetime
+                fresh = old
+                if self.rotate_refresh_tokens:
+                    fresh = "krt_" + secrets.token_urlsafe(24)
+                    self.refresh_tokens.discard(old)
+                    self.refresh_tokens.add(fresh)
+                self.token_answers.append((200, "issued"))
+        if not access:
+            return self._oauth_error(400, "invalid_grant", "The refresh token is invalid or revoked.")
+        return JSONResponse(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": int(self.token_lifetime),
+                "refresh_token": fresh,
+                "scope": "events:write profiles:write data-privacy:write",
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    def _oauth_error(self, status: int, code: str, description: str) -> Response:
+        with self._state:
+            self.token_answers.append((status, code))
+        return JSONResponse({"error": code, "error_description": description}, status)
+
     # ------------------------------------------------------------------ helpers
 
     def profile_by_email(self, email: str) -> dict[str, Any] | None:
@@ -373,6 +461,17 @@ class KlaviyoSimulator(Simulator):
                     if stored["attributes"].get(name) == value:
                         return stored
         return None
+
+
+def _basic(header: str) -> tuple[str, str] | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
 
 
 def _identity(profile: dict[str, Any]) -> str | None:

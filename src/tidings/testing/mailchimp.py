@@ -1,13 +1,17 @@
 """Mailchimp Marketing (v3) and Mailchimp Transactional (Mandrill), as local servers.
 
 `MailchimpSimulator` keeps audience members by list and subscriber hash, checks HTTP Basic auth
-(any user, the API key as password), answers errors as `application/problem+json`, and enforces
-the account's 10 simultaneous connections: a request beyond them gets a 429, as Mailchimp does.
+(any user, one of `api_keys` as password) or `Authorization: Bearer` with one of `access_tokens`
+(OAuth tokens, which do not expire), answering 401 "API Key Invalid" otherwise; answers errors
+as `application/problem+json`, and enforces the account's 10 simultaneous connections: a request
+beyond them gets a 429, as Mailchimp does.
 
 `MandrillSimulator` serves `messages/send-template`, validating each body against the official
 OpenAPI description (the schemas extracted into `schemas/mailchimp_transactional.json`), and
 answers one result per recipient: `sent`, or `rejected` with a reason for the addresses on its
-reject list, or `invalid` for malformed ones.
+reject list, or `invalid` for malformed ones. A key not among `api_keys` gets `Invalid_Key`.
+
+Both take several valid keys at once (a rotation) and `revoke(key)` withdraws one.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import json
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -53,14 +58,16 @@ class MailchimpSimulator(Simulator):
 
     def __init__(
         self,
-        api_key: str = "0123456789abcdef0123456789abcdef-us14",
+        api_keys: str | Iterable[str] = "0123456789abcdef0123456789abcdef-us14",
         *,
+        access_tokens: Iterable[str] = (),
         lists: set[str] | None = None,
         concurrency: int = 10,
         latency: float = 0.0,
     ) -> None:
         super().__init__()
-        self.api_key = api_key
+        self.api_keys = {api_keys} if isinstance(api_keys, str) else set(api_keys)
+        self.access_tokens = set(access_tokens)
         self.lists = lists  # None: any list id exists
         self.concurrency = concurrency
         self.latency = latency  # seconds each valid request takes
@@ -93,6 +100,12 @@ class MailchimpSimulator(Simulator):
 
     def member(self, list_id: str, email: str) -> dict[str, Any] | None:
         return self.members.get((list_id, _hash(email)))
+
+    def revoke(self, credential: str) -> None:
+        """Withdraw an API key or OAuth token: it is answered 401 from now on."""
+        with self._guard:
+            self.api_keys.discard(credential)
+            self.access_tokens.discard(credential)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -131,13 +144,15 @@ class MailchimpSimulator(Simulator):
 
     def _authorised(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return value in self.access_tokens
         if scheme.lower() != "basic":
             return False
         try:
             _, _, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        return password == self.api_key
+        return password in self.api_keys
 
     # ------------------------------------------------------------------ endpoints
 
@@ -310,14 +325,14 @@ class MandrillSimulator(Simulator):
 
     def __init__(
         self,
-        api_key: str = "md-test-key",
+        api_keys: str | Iterable[str] = "md-test-key",
         *,
         rejects: dict[str, str] | None = None,
         templates: set[str] | None = None,
         version: str = "1.3",
     ) -> None:
         super().__init__()
-        self.api_key = api_key
+        self.api_keys = {api_keys} if isinstance(api_keys, str) else set(api_keys)
         self.rejects = {k.lower(): v for k, v in (rejects or {}).items()}  # email -> reject_reason
         self.templates = templates  # None: every template exists
         self.version = version
@@ -331,12 +346,16 @@ class MandrillSimulator(Simulator):
     def routes(self) -> list[Route]:
         return [Route(f"/api/{self.version}/messages/send-template", self._send_template, methods=["POST"])]
 
+    def revoke(self, key: str) -> None:
+        """Withdraw an API key: it is answered `Invalid_Key` from now on."""
+        self.api_keys.discard(key)
+
     async def _send_template(self, request: Request) -> Response:
         try:
             body = json.loads(await request.body())
         except ValueError:
             return mandrill_error(400, -2, "ValidationError", "You must specify a key value")
-        if not isinstance(body, dict) or body.get("key") != self.api_key:
+        if not isinstance(body, dict) or body.get("key") not in self.api_keys:
             return mandrill_error(401, -1, "Invalid_Key", "Invalid API key")
         errors = list(_send_template_validator().iter_errors(body))
         if errors:

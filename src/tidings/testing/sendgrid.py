@@ -17,7 +17,8 @@ they refuse is answered 400 in SendGrid's error shape `{"errors": [{"field", "me
 Every answer carries `X-RateLimit-Limit/-Remaining/-Reset` (reset in epoch seconds). With
 `rate_limit=N`, each endpoint takes N requests per `rate_window` seconds and answers the rest 429
 `{"errors": [{"field": null, "message": "too many requests"}]}` without `Retry-After`, as SendGrid
-does. Authentication is `Authorization: Bearer <one of api_keys>`; anything else is 401.
+does. Authentication is `Authorization: Bearer <one of api_keys>`; anything else is 401, as is a
+key withdrawn with `revoke(key)`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ class SendGridSimulator(Simulator):
             self._route("GET", "/v3/marketing/field_definitions", self.fields),
             self._route("POST", "/v3/mail/send", self.send),
         ]
+
+    def revoke(self, key: str) -> None:
+        """Withdraw an API key (deleted at SendGrid): it is answered 401 from now on."""
+        self.api_keys.discard(key)
 
     # ------------------------------------------------------------------ endpoints
 
