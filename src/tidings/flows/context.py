@@ -71,45 +71,78 @@ def holds(expression: str | None, doc: dict[str, Any]) -> bool:
     return bool(evaluate(expression, doc))
 
 
-def record(
-    conn: Connection,
-    *,
-    run_id: int,
-    flow: str,
-    profile_id: int,
-    at: datetime,
-    step: str,
-    kind: str,
-    outcome: str,
-    reason: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """One line of a run's story, in its journal and in the customer's timeline."""
-    conn.execute(
-        insert(flow_steps),
-        {
-            "run_id": run_id,
-            "flow": flow,
-            "profile_id": profile_id,
-            "at": at,
-            "step": step,
-            "kind": kind,
-            "outcome": outcome,
-            "reason": reason,
-            "detail": detail,
-        },
-    )
-    conn.execute(
-        insert(timeline),
-        {
-            "profile_id": profile_id,
-            "at": at,
-            "recorded_at": at,
-            "kind": "flow",
-            "event_id": None,
-            "field": flow,
-            "old": None,
-            "new": outcome,
-            "detail": {"run_id": run_id, "step": step, "kind": kind, "reason": reason, **(detail or {})},
-        },
-    )
+class Journal:
+    """Lines of runs' stories, kept in their journal (`flow_steps`) and in the customer's timeline.
+
+    Lines are buffered and written by `flush` in two statements, whatever their number.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        *,
+        run_id: int,
+        flow: str,
+        profile_id: int,
+        at: datetime,
+        step: str,
+        kind: str,
+        outcome: str,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.lines.append(
+            {
+                "run_id": run_id,
+                "flow": flow,
+                "profile_id": profile_id,
+                "at": at,
+                "step": step,
+                "kind": kind,
+                "outcome": outcome,
+                "reason": reason,
+                "detail": detail,
+            }
+        )
+
+    def sent(self, profile_id: int, flow: str | None) -> int:
+        """Sends buffered for the customer (of `flow`, or of all flows), not yet flushed."""
+        return sum(
+            1
+            for line in self.lines
+            if line["profile_id"] == profile_id
+            and line["kind"] == "send"
+            and line["outcome"] == "sent"
+            and (flow is None or line["flow"] == flow)
+        )
+
+    def flush(self, conn: Connection) -> None:
+        if not self.lines:
+            return
+        conn.execute(insert(flow_steps), self.lines)
+        conn.execute(
+            insert(timeline),
+            [
+                {
+                    "profile_id": line["profile_id"],
+                    "at": line["at"],
+                    "recorded_at": line["at"],
+                    "kind": "flow",
+                    "event_id": None,
+                    "field": line["flow"],
+                    "old": None,
+                    "new": line["outcome"],
+                    "detail": {
+                        "run_id": line["run_id"],
+                        "step": line["step"],
+                        "kind": line["kind"],
+                        "reason": line["reason"],
+                        **(line["detail"] or {}),
+                    },
+                }
+                for line in self.lines
+            ],
+        )
+        self.lines = []

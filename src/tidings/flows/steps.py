@@ -26,7 +26,7 @@ from tidings.delivery.effects import TRACK_EVENT
 from tidings.flows import runs
 from tidings.flows.catalog import FlowCatalog
 from tidings.flows.clock import customer_zone, next_local, quiet_until
-from tidings.flows.context import event_doc, holds, profile_cart, profile_doc, record
+from tidings.flows.context import Journal, event_doc, holds, profile_cart, profile_doc
 from tidings.flows.model import EXIT, NEXT, Flow, GlobalGuards, Send, Step
 from tidings.flows.triggers import SKEW
 from tidings.lookups.base import CartState, LookupUnavailable
@@ -63,11 +63,19 @@ class Executor:
         self.catalog = catalog
         self.guards = guards
         self.metrics = metrics
+        self.journal = Journal()
 
     def execute(
         self, conn: Connection, run: runs.Run, now: datetime, live: Live = NOT_ASKED
     ) -> NeedsLookup | None:
-        """Run steps from where the run stands until it waits or ends."""
+        """Run steps from where the run stands until it waits or ends; its journal is written
+        at the end (nothing of it on an error: the caller rolls the run back)."""
+        self.journal = Journal()
+        result = self._execute(conn, run, now, live)
+        self.journal.flush(conn)
+        return result
+
+    def _execute(self, conn: Connection, run: runs.Run, now: datetime, live: Live) -> NeedsLookup | None:
         resolved = self.catalog.resolve(conn, run.flow, run.version)
         if resolved is None:
             self._end(conn, run, runs.EXITED, "the flow was removed from the config", now)
@@ -125,7 +133,7 @@ class Executor:
         live: Live,
     ) -> str | NeedsLookup | None:
         """Do one step; return where to go next, or None when the run waits or ended."""
-        note = _Journal(conn, run, step_id, now)
+        note = _Journal(self.journal, run, step_id, now)
         if step.wait is not None:
             if run.context.get("waiting") == step_id and run.wake == "timer":
                 run.context = {**run.context, "waiting": None}
@@ -298,7 +306,8 @@ class Executor:
         ):
             return f"consent: {send.channel} is {consent}"
         for cap, scope in ((flow.guards.frequency_cap, run.flow), (self.guards.frequency_cap, None)):
-            if cap is not None and _sends_since(conn, run.profile_id, now - cap.per, scope) >= cap.max:
+            sent = _sends_since(conn, run.profile_id, now - cap.per, scope) if cap is not None else 0
+            if cap is not None and sent + self.journal.sent(run.profile_id, scope) >= cap.max:
                 where = "this flow" if scope else "all flows"
                 return f"frequency cap: {cap.max} per {format_duration(cap.per)} ({where})"
         quiet = flow.guards.quiet_hours or self.guards.quiet_hours
@@ -362,7 +371,7 @@ class Executor:
         journal: bool = True,
     ) -> None:
         if journal:
-            _Journal(conn, run, run.step or "", now)("end", status, reason)
+            _Journal(self.journal, run, run.step or "", now)("end", status, reason)
         run.end(status, reason, now)
         self.metrics.flow_runs.labels(run.flow, status).inc()
 
@@ -373,14 +382,13 @@ class Executor:
 class _Journal:
     """Records lines of one step of one run."""
 
-    def __init__(self, conn: Connection, run: runs.Run, step_id: str, now: datetime) -> None:
-        self.conn, self.run, self.step_id, self.now = conn, run, step_id, now
+    def __init__(self, journal: Journal, run: runs.Run, step_id: str, now: datetime) -> None:
+        self.journal, self.run, self.step_id, self.now = journal, run, step_id, now
 
     def __call__(
         self, kind: str, outcome: str, reason: str | None, detail: dict[str, Any] | None = None
     ) -> None:
-        record(
-            self.conn,
+        self.journal.add(
             run_id=self.run.id,
             flow=self.run.flow,
             profile_id=self.run.profile_id,

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select
 from tidings.events import CustomerEvent
 from tidings.flows import runs
 from tidings.flows.catalog import FlowCatalog
-from tidings.flows.context import event_doc, holds, record
+from tidings.flows.context import Journal, event_doc, holds
 from tidings.flows.model import Flow
 from tidings.mapping.rules import evaluate
 from tidings.metrics import Metrics
@@ -55,16 +55,17 @@ class FlowTriggers:
         for run in runs.active_for_profiles(conn, pids):
             active.setdefault(run.profile_id, []).append(run)
         docs = _profile_docs(conn, pids)
+        journal = Journal()
         due = 0
         for a in applied:
             doc = event_doc(a.event.name, a.event.properties, a.event.occurred_at, a.event.source, a.event_id)
             profile = docs.get(a.profile_id, {"id": a.profile_id, "traits": {}, "consent": {}})
             for run in active.get(a.profile_id, []):
                 if run.status == runs.ACTIVE:
-                    due += self._touch(conn, run, a.event, doc, profile, now)
+                    due += self._touch(conn, journal, run, a.event, doc, profile, now)
             for name, flow in self.catalog.current.items():
                 if a.event.name in flow.trigger.names:
-                    started = self._trigger(conn, name, flow, a, doc, profile, now)
+                    started = self._trigger(conn, journal, name, flow, a, doc, profile, now)
                     if started is not None:
                         active.setdefault(a.profile_id, []).append(started)
                         due += 1
@@ -72,6 +73,7 @@ class FlowTriggers:
             for run in run_list:
                 if run.dirty:
                     runs.save(conn, run, now, bump=True)
+        journal.flush(conn)
         return due
 
     # ------------------------------------------------------------------ an active run
@@ -79,6 +81,7 @@ class FlowTriggers:
     def _touch(
         self,
         conn: Connection,
+        journal: Journal,
         run: runs.Run,
         event: CustomerEvent,
         doc: dict[str, Any],
@@ -93,8 +96,7 @@ class FlowTriggers:
         first = datetime.fromisoformat(run.context["first_occurred_at"])
         for match in flow.exit_on:
             if event.name in match.names and event.occurred_at >= first - SKEW and holds(match.when, ctx):
-                record(
-                    conn,
+                journal.add(
                     run_id=run.id,
                     flow=run.flow,
                     profile_id=run.profile_id,
@@ -128,6 +130,7 @@ class FlowTriggers:
     def _trigger(
         self,
         conn: Connection,
+        journal: Journal,
         name: str,
         flow: Flow,
         a: AppliedEvent,
@@ -169,8 +172,7 @@ class FlowTriggers:
                 existing.context = {**existing.context, "event": doc}
                 runs.save(conn, existing, now, bump=True)
             return None
-        record(
-            conn,
+        journal.add(
             run_id=run_id,
             flow=name,
             profile_id=a.profile_id,
