@@ -7,6 +7,7 @@ validation against the pydantic models below.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -49,16 +52,46 @@ DEFAULT_CONFIG_FILE = "tidings.yaml"
 
 
 class AdminToken(ConfigModel):
+    """A bearer token for /api/v1: the secret itself (`token`), or only its SHA-256 in hex
+    (`token_sha256`, as `tidings token new` prints it) so the file need not hold the secret.
+    Either way only the digest is compared, in constant time (`tidings.api.auth`)."""
+
     name: str
-    token: SecretStr
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(default=None, repr=False)
     scopes: list[Literal["read", "write"]] = ["read"]
+    _digest: bytes = PrivateAttr(default=b"")
 
     @field_validator("token")
     @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 16:
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("an admin token must be at least 16 characters")
         return value
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value.strip()):
+            raise ValueError("expected the token's SHA-256 as 64 hex digits (`tidings token new` prints it)")
+        return value.strip().lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> AdminToken:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give either token or token_sha256 (exactly one)")
+        secret = self.token.get_secret_value() if self.token is not None else None
+        self._digest = (
+            hashlib.sha256(secret.encode()).digest()
+            if secret is not None
+            else bytes.fromhex(str(self.token_sha256))
+        )
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        """The SHA-256 of the token: all that a presented bearer is compared with."""
+        return self._digest
 
 
 class ServerSettings(ConfigModel):

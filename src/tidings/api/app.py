@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tidings import __version__
-from tidings.api import admin, errors, flows, health, ingest
+from tidings.api import admin, destinations, errors, flows, health, ingest
 from tidings.app import Tidings
 from tidings.ingest.service import Ingest
 from tidings.logging import request_id
@@ -93,6 +93,7 @@ def create_app(tidings: Tidings, *, manage_lifecycle: bool = True, receive: bool
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(admin.router)
+    app.include_router(destinations.router)
     app.include_router(flows.router)
     app.include_router(health.router)
     return Application(app, app.state.ingest)

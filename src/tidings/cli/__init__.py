@@ -78,12 +78,14 @@ def _root(
 
 
 from tidings.cli import commands as _commands  # noqa: E402  (registers the verbs)
-from tidings.cli import deliveries as _deliveries  # noqa: E402  (deliveries list|retry)
+from tidings.cli import deliveries as _deliveries  # noqa: E402  (deliveries list|show|retry)
+from tidings.cli import destinations as _destinations  # noqa: E402  (destinations list|backfill)
 from tidings.cli import flows as _flows  # noqa: E402  (simulate, flows list|runs)
 from tidings.cli import profiles as _profiles  # noqa: E402  (profile show|timeline, replay)
+from tidings.cli import tokens as _tokens  # noqa: E402  (token new)
 
 __all__ = ["app", "main"]
-_ = (_commands, _deliveries, _flows, _profiles)
+_ = (_commands, _deliveries, _destinations, _flows, _profiles, _tokens)
 
 
 def main() -> None:

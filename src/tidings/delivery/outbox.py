@@ -11,7 +11,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.delivery.effects import Effect
-from tidings.store.schema import delivery_attempts, destination_state, outbox
+from tidings.store.schema import delivery_attempts, destination_state, identities, outbox, profiles
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
 
@@ -270,3 +270,213 @@ def counts(conn: Connection) -> dict[str, dict[str, int]]:
     for r in rows:
         out.setdefault(r.destination, {})[r.status] = r.n
     return out
+
+
+# --------------------------------------------------------------------------- admin: one delivery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    at: datetime
+    request: dict[str, Any]  # a summary: never credentials or bodies
+    status_code: int | None
+    latency_ms: int | None
+    outcome: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryRecord:
+    """One outbox row in full, with every attempt made at it, oldest first."""
+
+    id: int
+    destination: str
+    action: str
+    status: str
+    attempts: int
+    idempotency_key: str
+    profile_id: int | None
+    payload: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    delivered_at: datetime | None
+    remote_id: str | None
+    last_error: str | None
+    history: list[AttemptRecord]
+
+
+def get_delivery(conn: Connection, delivery_id: int) -> DeliveryRecord | None:
+    row = conn.execute(select(outbox).where(outbox.c.id == delivery_id)).first()
+    if row is None:
+        return None
+    tries = conn.execute(
+        select(delivery_attempts)
+        .where(delivery_attempts.c.outbox_id == delivery_id)
+        .order_by(delivery_attempts.c.id)
+    )
+    return DeliveryRecord(
+        id=row.id,
+        destination=row.destination,
+        action=row.action,
+        status=row.status,
+        attempts=row.attempts,
+        idempotency_key=row.idempotency_key,
+        profile_id=row.profile_id,
+        payload=dict(row.payload),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        next_attempt_at=row.next_attempt_at,
+        lease_until=row.lease_until,
+        delivered_at=row.delivered_at,
+        remote_id=row.remote_id,
+        last_error=row.last_error,
+        history=[
+            AttemptRecord(
+                at=t.at,
+                request=dict(t.request or {}),
+                status_code=t.status_code,
+                latency_ms=t.latency_ms,
+                outcome=t.outcome,
+                error=t.error,
+            )
+            for t in tries
+        ],
+    )
+
+
+def has_deliveries(conn: Connection, destination: str) -> bool:
+    """Whether the outbox holds anything for `destination` (configured now or not)."""
+    found = conn.execute(select(outbox.c.id).where(outbox.c.destination == destination).limit(1)).first()
+    return found is not None
+
+
+# --------------------------------------------------------------------------- admin: destinations
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestinationRecord:
+    destination: str
+    consecutive_failures: int
+    paused_until: datetime | None
+    paused_reason: str | None
+
+
+def destination_states(conn: Connection) -> dict[str, DestinationRecord]:
+    """The shared circuit-breaker state of every destination that has any."""
+    return {
+        r.destination: DestinationRecord(
+            destination=r.destination,
+            consecutive_failures=r.consecutive_failures,
+            paused_until=r.paused_until,
+            paused_reason=r.paused_reason,
+        )
+        for r in conn.execute(select(destination_state))
+    }
+
+
+# --------------------------------------------------------------------------- admin: backfill
+
+# Profiles a vendor can key a contact on: without an email or a phone a push can only fail.
+_CONTACTABLE = ("email", "phone")
+
+
+def _backfill_profiles() -> Any:
+    reachable = (
+        select(identities.c.profile_id)
+        .where(identities.c.profile_id == profiles.c.id, identities.c.kind.in_(_CONTACTABLE))
+        .exists()
+    )
+    return profiles.c.merged_into.is_(None) & reachable
+
+
+def count_backfill_profiles(conn: Connection) -> int:
+    """How many profiles a backfill pushes: current (not merged) ones with an email or phone."""
+    stmt = select(func.count()).select_from(profiles).where(_backfill_profiles())
+    return int(conn.execute(stmt).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillBatch:
+    scanned: int  # profiles looked at
+    queued: int  # pushes added (the rest were already queued by this run, or by another pending one)
+    last_id: int | None  # where the next batch starts; None when there are no more profiles
+
+
+def enqueue_backfill(
+    conn: Connection,
+    *,
+    destination: str,
+    run: str,
+    now: datetime,
+    after_id: int = 0,
+    limit: int = 500,
+) -> BackfillBatch:
+    """Queue a no-trigger profile push (`backfill: true`) for the next `limit` profiles after
+    `after_id`. Idempotent per run (the key names the run and the profile); a profile whose
+    backfill push from any run is still pending is not queued twice (they coalesce)."""
+    ids = list(
+        conn.execute(
+            select(profiles.c.id)
+            .where(_backfill_profiles(), profiles.c.id > after_id)
+            .order_by(profiles.c.id)
+            .limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return BackfillBatch(0, 0, None)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    rows = [
+        {
+            "destination": destination,
+            "action": "upsert_contact",
+            "idempotency_key": f"{destination}:backfill:{run}:{pid}",
+            "coalesce_key": f"{destination}:backfill:{pid}",
+            "profile_id": pid,
+            "payload": {"profile_id": pid, "backfill": True},
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+            "data_occurred_at": None,
+        }
+        for pid in ids
+    ]
+    stmt = dialect.insert(outbox).values(rows).on_conflict_do_nothing().returning(outbox.c.id)
+    queued = len(conn.execute(stmt).all())
+    return BackfillBatch(len(ids), queued, ids[-1])
+
+
+# --------------------------------------------------------------------------- admin: retry in batches
+
+
+def count_dead(conn: Connection) -> int:
+    return int(
+        conn.execute(select(func.count()).select_from(outbox).where(outbox.c.status == DEAD)).scalar_one()
+    )
+
+
+def retry_dead_batch(
+    conn: Connection, now: datetime, *, after_id: int = 0, limit: int = 1000
+) -> tuple[int, int | None]:
+    """Send the next `limit` dead letters after `after_id` again; (how many, the last id or None
+    when none are left). For retrying many in short transactions, with progress."""
+    ids = list(
+        conn.execute(
+            select(outbox.c.id)
+            .where(outbox.c.status == DEAD, outbox.c.id > after_id)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return 0, None
+    return retry_dead(conn, now, ids), ids[-1]
+
+
+def statuses(conn: Connection, ids: Sequence[int]) -> dict[int, str]:
+    """The status of each of these deliveries that exists."""
+    rows = conn.execute(select(outbox.c.id, outbox.c.status).where(outbox.c.id.in_(list(ids))))
+    return {r.id: r.status for r in rows}

@@ -3,6 +3,9 @@
 So a push that waited (coalescing a burst, or retrying) always carries the profile as it is now.
 Fields are JMESPath over `{profile: {traits, consent, identities}}`; `consent` maps each channel to
 its state, `identities` each kind to its value.
+
+What the stored payload says about *how* to push rather than *what* (`backfill: true`: the
+vendor's no-trigger mode, for a backfill of existing profiles) is kept through rendering.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from tidings.mapping.rules import evaluate
 from tidings.profiles.read import ProfileView, load, resolve
 from tidings.store import Store
 
+# Keys of a stored push that rendering keeps as they are (see docs/destinations/README.md).
+CARRIED = ("backfill",)
+
 
 class ProfileRenderer:
     def __init__(self, store: Store, destinations: Mapping[str, Destination[Any]]) -> None:
@@ -32,7 +38,11 @@ class ProfileRenderer:
         destination = self.destinations.get(effect.destination)
         if view is None or destination is None:
             return None  # erased, or no longer configured: nothing to push
-        return replace(effect, payload=render(view, destination.settings.profile_sync))
+        payload = render(view, destination.settings.profile_sync)
+        for key in CARRIED:
+            if key in effect.payload:
+                payload[key] = effect.payload[key]
+        return replace(effect, payload=payload)
 
 
 def _current(conn: Connection, pid: int) -> ProfileView | None:
