@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from tidings import __version__
+from tidings import __version__, ui
 from tidings.api import admin, destinations, errors, flows, health, ingest
 from tidings.app import Tidings
 from tidings.ingest.service import Ingest
@@ -96,4 +96,5 @@ def create_app(tidings: Tidings, *, manage_lifecycle: bool = True, receive: bool
     app.include_router(destinations.router)
     app.include_router(flows.router)
     app.include_router(health.router)
+    app.include_router(ui.router)
     return Application(app, app.state.ingest)
