@@ -19,6 +19,14 @@ interleaved); the report gives medians.
 
     .venv/bin/python bench/deliver.py                      # all four kinds, 3 runs, ~3 minutes
     .venv/bin/python bench/deliver.py --kinds mailchimp --runs 5
+
+With `--workers N`, the effects go into a fresh PostgreSQL database (`--pg-url`, created and dropped
+per run) and N worker PROCESSES, each a `Tidings(settings, process=False)` on that database as
+`tidings serve --role worker` would be, run their dispatchers at once against the one simulator:
+the limit is then the account's, shared through the database (tidings.delivery.budget). The
+figures are the same, measured at the simulator over all workers; CPU is summed over the workers.
+
+    .venv/bin/python bench/deliver.py --workers 3 --kinds klaviyo,mailchimp,activecampaign
 """
 
 from __future__ import annotations
@@ -34,8 +42,11 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -366,6 +377,185 @@ def one_run(kind: Kind, n: int, args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- several workers
+
+
+def default_pg_url() -> str:
+    return (
+        os.environ.get("TIDINGS_BENCH_PG_URL")
+        or os.environ.get("TIDINGS_TEST_PG_URL")
+        or "postgresql://postgres@127.0.0.1:5432/test"
+    )
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A database of this run's own on the server, migrated; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    from tidings.store import Store
+    from tidings.store.engine import normalise_url
+
+    name = f"tidings_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = normalise_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        store = Store(url)
+        try:
+            store.upgrade()
+        finally:
+            store.close()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def worker_yaml(kind: Kind, url: str, db_url: str) -> str:
+    return (
+        f"storage:\n  url: {db_url}\n  auto_migrate: false\ndestinations:\n  {DESTINATION}:\n{kind.yaml(url)}"
+    )
+
+
+async def worker(kind_name: str, url: str, db_url: str, batch_size: int | None, conn: Any) -> None:
+    """One worker process: ready, then send from "go" until "stop"; report CPU and budget use."""
+    from tidings.app import Tidings
+    from tidings.config import parse_settings
+
+    kind = KINDS[kind_name]
+    settings = parse_settings(worker_yaml(kind, url, db_url), "bench.yaml", environ={})
+    loop = asyncio.get_running_loop()
+    async with Tidings(settings, process=False) as tidings:
+        if batch_size:
+            tidings.dispatcher.batch_size = batch_size
+        conn.send("ready")
+        await loop.run_in_executor(None, conn.recv)  # "go"
+        cpu0 = time.process_time()
+        tidings.dispatcher.start()
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        await tidings.dispatcher.stop()
+        cpu = time.process_time() - cpu0
+        limiter = tidings.dispatcher.limiters[DESTINATION]
+        stats = limiter.stats() if hasattr(limiter, "stats") else {}
+        shared = tidings.dispatcher.budgets is not None
+    conn.send({"cpu_s": cpu, "budget": stats, "shared": shared})
+    conn.close()
+
+
+def worker_main(kind_name: str, url: str, db_url: str, batch_size: int | None, conn: Any) -> None:
+    asyncio.run(worker(kind_name, url, db_url, batch_size, conn))
+
+
+class WorkerProcesses:
+    """N worker processes, each ready before any is told to go; stopped together."""
+
+    def __init__(self, count: int, kind: Kind, url: str, db_url: str, batch_size: int | None) -> None:
+        ctx = mp.get_context("spawn")
+        self.pipes: list[Any] = []
+        self.procs: list[Any] = []
+        for _ in range(count):
+            here, there = ctx.Pipe()
+            self.pipes.append(here)
+            self.procs.append(
+                ctx.Process(target=worker_main, args=(kind.name, url, db_url, batch_size, there), daemon=True)
+            )
+
+    def __enter__(self) -> WorkerProcesses:
+        for proc in self.procs:
+            proc.start()
+        for here in self.pipes:
+            if not here.poll(60) or here.recv() != "ready":
+                raise RuntimeError("a worker did not start")
+        return self
+
+    def go(self) -> None:
+        for here in self.pipes:
+            here.send("go")
+
+    def stop(self) -> list[dict[str, Any]]:
+        for here in self.pipes:
+            here.send("stop")
+        reports = []
+        for here in self.pipes:
+            if not here.poll(60):
+                raise RuntimeError("a worker did not report")
+            reports.append(here.recv())
+        return reports
+
+    def __exit__(self, *exc: Any) -> None:
+        for proc in self.procs:  # only the processes this script started, by their handles
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+
+
+def drive_workers(kind: Kind, url: str, n: int, db_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Fill the outbox, run `args.workers` worker processes at once until it is all delivered."""
+    from sqlalchemy import func, select
+
+    from tidings.delivery import outbox
+    from tidings.store import Store
+    from tidings.store.schema import outbox as outbox_table
+
+    now = datetime.now(UTC)
+
+    def fill(conn: Any) -> None:
+        for i in range(n):
+            outbox.enqueue(
+                conn,
+                destination=DESTINATION,
+                action="upsert_contact",
+                idempotency_key=f"bench-{kind.name}-{i}",
+                payload=kind.payload(i),
+                now=now,
+            )
+
+    def statuses(conn: Any) -> dict[str, int]:
+        rows = conn.execute(select(outbox_table.c.status, func.count()).group_by(outbox_table.c.status)).all()
+        return {status: count for status, count in rows}
+
+    store = Store(db_url)
+    try:
+        store.write_sync(fill)
+        with WorkerProcesses(args.workers, kind, url, db_url, args.batch_size) as workers:
+            rounds = 0
+            t0 = time.monotonic()
+            workers.go()
+            while True:
+                rounds += 1
+                left = store.read_sync(statuses)
+                if left.get("delivered", 0) + left.get("dead", 0) >= n or time.monotonic() - t0 > 300:
+                    break
+                time.sleep(0.02)  # polling for the end, not waiting for the work
+            t1 = time.monotonic()
+            reports = workers.stop()
+        final = store.read_sync(statuses)
+    finally:
+        store.close()
+    return {
+        "start": t0,
+        "end": t1,
+        "wall_s": t1 - t0,
+        "cpu_s": sum(r["cpu_s"] for r in reports),
+        "outbox": final,
+        "drain_rounds": rounds,
+        "workers": [{**r, "cpu_s": round(r["cpu_s"], 3)} for r in reports],
+    }
+
+
+def one_run_workers(kind: Kind, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    with fresh_database(args.pg_url) as db_url, SimulatorProcess(kind.name, args.latency) as sim:
+        drove = drive_workers(kind, sim.url, n, db_url, args)
+        seen = sim.finish()
+    out = analyse(kind, n, drove, seen)
+    out["workers"] = drove["workers"]
+    return out
+
+
 # --------------------------------------------------------------------------- summary and report
 
 
@@ -470,7 +660,13 @@ def report_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}. "
         f"Simulators answer after {doc['settings']['latency'] * 1000:g} ms, in a separate process; "
-        f"medians of {doc['settings']['runs']} runs (fresh simulator, SQLite store and Tidings each run).",
+        f"medians of {doc['settings']['runs']} runs (fresh simulator, store and Tidings each run"
+        + (
+            f"; {doc['settings']['workers']} worker processes sharing one PostgreSQL database, "
+            "CPU summed over them)."
+            if doc["settings"].get("workers")
+            else "; one process, SQLite)."
+        ),
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -558,11 +754,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--workdir", type=Path, default=None, help="parent of the temp dirs (default: system temp)"
     )
     p.add_argument("--tag", default="", help="suffix of the result files: deliver-<date>-<tag>.json")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="N worker processes sharing one PostgreSQL database (default 0: one process on SQLite)",
+    )
+    p.add_argument(
+        "--pg-url",
+        default=default_pg_url(),
+        help="PostgreSQL server for --workers; a database is created and dropped per run "
+        "(default: $TIDINGS_BENCH_PG_URL, $TIDINGS_TEST_PG_URL or the local server)",
+    )
     args = p.parse_args(argv)
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = set(args.kinds) - set(KINDS)
     if unknown:
         p.error(f"unknown kinds {sorted(unknown)}")
+    if args.workers < 0:
+        p.error("--workers must be 0 (one process on SQLite) or more")
     return args
 
 
@@ -572,13 +782,14 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(
         f"tidings delivery benchmark: {info['cores']} cores, simulators answer after "
-        f"{args.latency * 1000:g} ms, {args.runs} runs per kind"
+        f"{args.latency * 1000:g} ms, {args.runs} runs per kind, "
+        + (f"{args.workers} worker processes on PostgreSQL" if args.workers else "one process on SQLite")
     )
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in args.kinds}
     for rnd in range(1, args.runs + 1):
         for name in args.kinds:
             kind = KINDS[name]
-            r = one_run(kind, args.n or kind.n, args)
+            r = (one_run_workers if args.workers else one_run)(kind, args.n or kind.n, args)
             r["round"] = rnd
             runs[name].append(r)
             print(
@@ -586,6 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['deliveries_per_s']:.1f}/s, limit used {fmt(r.get('limit_used'))}, "
                 f"violations {r['violations']}, CPU {r['cpu_ms_per_delivery']:.3f} ms/delivery, "
                 f"statuses {json.dumps(r['statuses'])}"
+                + (f", workers {json.dumps(r['workers'])}" if args.workers else "")
             )
     doc = {
         "date": now.isoformat(timespec="seconds"),

@@ -22,8 +22,9 @@ from typing import Any
 
 from tidings.clock import Clock
 from tidings.delivery import outbox
+from tidings.delivery.budget import SharedBudgets, Tuning
 from tidings.delivery.effects import Effect, Receipt
-from tidings.delivery.limits import Limiter
+from tidings.delivery.limits import Limiter, Slots
 from tidings.delivery.retry import Breaker, RetryPolicy
 from tidings.destinations.base import Destination
 from tidings.exceptions import (
@@ -63,6 +64,8 @@ class Dispatcher(Loop):
         retry: RetryPolicy | None = None,
         breaker: Breaker | None = None,
         batch_size: int = 100,
+        shared_budget: bool | None = None,
+        budget_tuning: Tuning | None = None,
     ) -> None:
         self.store = store
         self.destinations = destinations
@@ -72,8 +75,24 @@ class Dispatcher(Loop):
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or Breaker()
         self.batch_size = batch_size
-        self.limiters = {name: Limiter(d.limits) for name, d in destinations.items()}
+        # Workers on one PostgreSQL database share each destination's budget through it; on
+        # SQLite (one process) the budget stays in the process, at no database cost.
+        shared = store.dialect == "postgresql" if shared_budget is None else shared_budget
+        self.budgets = SharedBudgets(store, tuning=budget_tuning) if shared else None
+        self.limiters: dict[str, Slots] = {name: self._limiter(name, d) for name, d in destinations.items()}
         super().__init__()
+
+    def _limiter(self, name: str, destination: Destination[Any]) -> Slots:
+        limits = destination.limits
+        if self.budgets is None or (limits.concurrency is None and not limits.windows):
+            return Limiter(limits)
+        return self.budgets.limiter(name, limits)
+
+    async def stop(self) -> None:
+        """Finish what is in flight, then give back the shared budget this worker holds."""
+        await super().stop()
+        if self.budgets is not None:
+            await self.budgets.close()
 
     # ------------------------------------------------------------------ one round
 

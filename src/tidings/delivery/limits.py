@@ -1,4 +1,9 @@
-"""A destination's budget: at most N requests at once and at most M per window, before sending."""
+"""A destination's budget: at most N requests at once and at most M per window, before sending.
+
+`Limiter` keeps the budget in this process, with no database cost: what one process needs, and
+what the dispatcher uses on SQLite (one process). Workers sharing a PostgreSQL database share the
+budget instead (`budget.SharedBudget`, same `async with ....slot():`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from tidings.destinations.base import Limits
 
@@ -16,12 +23,14 @@ from tidings.destinations.base import Limits
 MARGIN = 1.05
 
 
-class Limiter:
-    """Concurrency (a semaphore) and sliding windows (timestamps of recent starts).
+class Slots(Protocol):
+    """What sending needs of a budget: `async with budget.slot():` around each request."""
 
-    Budgets are per process: with several workers on one account, give each a share of the
-    vendor's limit in `destinations.<name>.limits`.
-    """
+    def slot(self) -> AbstractAsyncContextManager[None]: ...
+
+
+class Limiter:
+    """Concurrency (a semaphore) and sliding windows (timestamps of recent starts), in this process."""
 
     def __init__(self, limits: Limits, monotonic: Callable[[], float] | None = None) -> None:
         self._semaphore = asyncio.Semaphore(limits.concurrency) if limits.concurrency else None

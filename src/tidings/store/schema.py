@@ -291,3 +291,46 @@ flow_steps = Table(
     Index("ix_flow_steps_profile_id_at", "profile_id", "at"),
     Index("ix_flow_steps_flow_at", "flow", "at"),
 )
+
+
+# --- shared rate budget (delivery/budget.py)
+# One budget per destination for every worker on the database. Times are the database's clock in
+# microseconds since the epoch (every worker reads the same one).
+
+# The shortest window as a shared schedule of evenly spaced starts: the first one not leased yet.
+rate_schedule = Table(
+    "rate_schedule",
+    metadata,
+    Column("destination", String(100), primary_key=True),
+    Column("next_start_us", BigInteger, nullable=False),
+)
+
+# Longer windows, counted in fixed slots: starts leased in each slot (used or not).
+rate_budget = Table(
+    "rate_budget",
+    metadata,
+    Column("destination", String(100), primary_key=True),
+    Column("window_us", BigInteger, primary_key=True),
+    Column("slot_start_us", BigInteger, primary_key=True),
+    Column("used", Integer, nullable=False),
+)
+
+# A heartbeat per worker and destination: the live ones that want to send split the permits.
+rate_workers = Table(
+    "rate_workers",
+    metadata,
+    Column("destination", String(100), primary_key=True),
+    Column("worker", String(100), primary_key=True),
+    Column("wants", Integer, nullable=False),  # requests waiting or in flight at the last heartbeat
+    Column("expires_us", BigInteger, nullable=False),
+)
+
+# One row per connection the destination allows, held by at most one worker until it expires.
+rate_permits = Table(
+    "rate_permits",
+    metadata,
+    Column("destination", String(100), primary_key=True),
+    Column("permit", Integer, primary_key=True),
+    Column("holder", String(100)),
+    Column("expires_us", BigInteger, nullable=False),
+)
