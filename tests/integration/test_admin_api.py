@@ -131,7 +131,13 @@ async def test_openapi_describes_each_admin_route_with_its_models_and_errors(run
         spec = (await client.get("/openapi.json")).json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     error = "#/components/schemas/ErrorOut"
-    mine = ("/api/v1/events", "/api/v1/profiles", "/api/v1/deliveries", "/api/v1/destinations")
+    mine = (
+        "/api/v1/events",
+        "/api/v1/profiles",
+        "/api/v1/deliveries",
+        "/api/v1/destinations",
+        "/api/v1/flows",
+    )
     checked = 0
     for path, operations in spec["paths"].items():
         if not path.startswith("/api/"):
@@ -150,7 +156,7 @@ async def test_openapi_describes_each_admin_route_with_its_models_and_errors(run
                 schema = op["responses"][status]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": error}, (where, status)
             assert "422" not in op["responses"], where  # bad input is 400, and documented so
-    assert checked == 8
+    assert checked == 11
     detail = spec["components"]["schemas"]["DeliveryDetailOut"]["properties"]
     assert {"payload", "history", "idempotency_key"} <= set(detail)
     assert spec["paths"]["/api/v1/deliveries/retry"]["post"]["responses"]["409"]["content"]

@@ -9,15 +9,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from tidings.api.admin import errors
 from tidings.api.auth import require
 from tidings.flows.read import get_run, list_runs, summaries
 
 router = APIRouter(prefix="/api/v1", tags=["flows"])
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no or wrong token"},
-    403: {"description": "token lacks read"},
-}
 
 
 class FlowOut(BaseModel):
@@ -63,7 +59,7 @@ class RunPage(BaseModel):
     "/flows",
     response_model=list[FlowOut],
     summary="Every flow: runs, where they stand, sends",
-    responses=_ERRORS,
+    responses=errors("read"),
 )
 async def flows(request: Request, _: Annotated[str, Depends(require("read"))]) -> list[FlowOut]:
     tidings = request.app.state.tidings
@@ -75,7 +71,7 @@ async def flows(request: Request, _: Annotated[str, Depends(require("read"))]) -
     "/flows/{flow}/runs",
     response_model=RunPage,
     summary="A flow's runs, newest first, each with every step taken and why",
-    responses={**_ERRORS, 404: {"description": "no such flow"}},
+    responses=errors("read", e404="no such flow"),
 )
 async def runs(
     request: Request,
@@ -104,7 +100,7 @@ async def runs(
     "/flows/{flow}/runs/{run_id}",
     response_model=RunOut,
     summary="One run with every step taken and why",
-    responses={**_ERRORS, 404: {"description": "no such run in this flow"}},
+    responses=errors("read", e404="no such run in this flow"),
 )
 async def run(
     request: Request, flow: str, run_id: int, _: Annotated[str, Depends(require("read"))]
