@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -33,6 +33,9 @@ from tidings.processor import Processor
 from tidings.store import Store
 from tidings.store.inbox import purge_dedupe_keys
 
+if TYPE_CHECKING:
+    from tidings.sandbox import Sandbox
+
 log = logging.getLogger("tidings")
 
 PURGE_EVERY_SECONDS = 300.0
@@ -41,10 +44,23 @@ PURGE_EVERY_SECONDS = 300.0
 class Tidings:
     """Owns every long-lived part. Use `async with Tidings(settings) as tidings:`."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, process: bool = True) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        process: bool = True,
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.process = process  # run the processing stage here (off: ingest only, or tests drive it)
         self.clock = clock or SystemClock()
+        if sandbox is None and settings.sandbox and process:
+            from tidings.sandbox import Sandbox
+
+            sandbox = Sandbox(settings, clock=self.clock)
+        # Sandbox mode: every destination is a local simulator, served while tidings runs.
+        self.sandbox = sandbox
+        self.settings = settings = sandbox.settings if sandbox is not None else settings
         self.metrics = Metrics()
         self.store = Store(settings.storage.url, sqlite_synchronous=settings.storage.sqlite_synchronous)
         self.receivers: dict[str, Receiver[Any]] = {
@@ -108,6 +124,8 @@ class Tidings:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        if self.sandbox is not None:
+            await self.sandbox.start()
         if self.settings.storage.auto_migrate:
             await self.store.write(lambda _conn: None)  # creates the SQLite file's directory and WAL
             await asyncio.get_running_loop().run_in_executor(None, self.store.upgrade)
@@ -130,6 +148,8 @@ class Tidings:
         await self.runner.stop()
         await self.dispatcher.stop()
         await self.http.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
         self._stopping.set()
         for task in self._tasks:
             await task

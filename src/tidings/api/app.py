@@ -13,6 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tidings import __version__, ui
 from tidings.api import admin, destinations, errors, flows, health, ingest
+from tidings.api import sandbox as sandbox_api
 from tidings.app import Tidings
 from tidings.ingest.service import Ingest
 from tidings.logging import request_id
@@ -97,4 +98,5 @@ def create_app(tidings: Tidings, *, manage_lifecycle: bool = True, receive: bool
     app.include_router(flows.router)
     app.include_router(health.router)
     app.include_router(ui.router)
+    app.include_router(sandbox_api.router)
     return Application(app, app.state.ingest)

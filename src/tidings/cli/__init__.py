@@ -79,6 +79,7 @@ def _root(
 
 from tidings.cli import commands as _commands  # noqa: E402  (registers the verbs)
 from tidings.cli import deliveries as _deliveries  # noqa: E402  (deliveries list|show|retry)
+from tidings.cli import demo as _demo  # noqa: E402, F401  (demo)
 from tidings.cli import destinations as _destinations  # noqa: E402  (destinations list|backfill)
 from tidings.cli import flows as _flows  # noqa: E402  (simulate, flows list|runs)
 from tidings.cli import profiles as _profiles  # noqa: E402  (profile show|timeline, replay)

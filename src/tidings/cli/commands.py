@@ -79,6 +79,14 @@ def serve(
             "process on one store to use two cores.",
         ),
     ] = Role.all,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Send nothing for real: every destination is a local simulator on 127.0.0.1 that "
+            "records what it was sent (GET /api/v1/sandbox/requests). Same as `sandbox: true`.",
+        ),
+    ] = False,
 ) -> None:
     """Run tidings: receive webhooks, process them, serve the API."""
     import uvicorn
@@ -96,12 +104,19 @@ def serve(
                 exc.errors()[0]["msg"].removeprefix("Value error, "), param_hint="--listen"
             ) from exc
         settings = settings.model_copy(update={"server": server})
+    if sandbox:
+        settings = settings.model_copy(update={"sandbox": True})
     tlogging.configure(log_level)
     server = settings.server
     err_console.print(
         f"tidings ({role.value}) listening on http://{server.listen} "
         f"(store: {display_url(settings.storage.url)})"
     )
+    if settings.sandbox and role is not Role.ingest:
+        err_console.print(
+            "[yellow]sandbox mode[/]: destinations are local simulators; nothing is sent "
+            "(see GET /api/v1/sandbox/requests)"
+        )
     uvicorn.run(
         create_app(Tidings(settings, process=role is not Role.ingest), receive=role is not Role.worker),
         host=server.host,

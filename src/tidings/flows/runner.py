@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from tidings.clock import Clock
+from tidings.clock import Clock, real_seconds
 from tidings.flows import runs
 from tidings.flows.steps import NOT_ASKED, Executor, Live, NeedsLookup
 from tidings.lookups.base import CartLookup, LookupUnavailable
@@ -136,7 +136,9 @@ class FlowRunner(Loop):
 
     async def _plan(self, now: datetime) -> None:
         due = await self.store.read(runs.next_due)
-        wait = self.max_poll if due is None else (due - self.clock.now()).total_seconds()
+        # A timer's delay is virtual time; the loop sleeps real time (they differ on a ScaledClock).
+        left = None if due is None else (due - self.clock.now()).total_seconds()
+        wait = self.max_poll if left is None else real_seconds(self.clock, left)
         self.poll = min(self.max_poll, max(0.0, wait))
         if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = now
