@@ -194,6 +194,18 @@ async def test_serve_sandbox_delivers_to_simulators_and_lists_what_they_received
                 "/api/v1/sandbox/requests", headers={"authorization": f"Bearer {WRITE_ONLY}"}
             )
             assert wrong_scope.status_code == 403
+
+            # The dashboard's sandbox page shows the same requests.
+            signed_in = await client.post(
+                "/ui/login",
+                data={"token": TOKEN, "next": "/ui/sandbox"},
+                headers={"origin": "http://tidings.test"},
+            )
+            assert signed_in.status_code == 303, signed_in.text
+            page = await client.get("/ui/sandbox")
+            assert page.status_code == 200
+            assert page.text.count("<code>POST /api/events</code>") == 1
+            assert "PUT /v3/marketing/contacts" in page.text
     assert urls and {url.host for url in urls} == {"127.0.0.1"}, urls  # every request went to a simulator
     assert set(hosts) <= {"127.0.0.1", "localhost"}, hosts  # no vendor's name was even looked up
 
@@ -210,6 +222,12 @@ async def test_without_sandbox_mode_the_requests_are_404_with_the_reason(
         async with httpx.AsyncClient(transport=transport, base_url="http://tidings.test") as client:
             assert (await client.get("/api/v1/sandbox/requests")).status_code == 401
             response = await client.get("/api/v1/sandbox/requests", headers=AUTH)
+            await client.post(
+                "/ui/login", data={"token": TOKEN, "next": "/ui/"}, headers={"origin": "http://tidings.test"}
+            )
+            page = await client.get("/ui/sandbox")
+    assert page.status_code == 200 and 'id="sandbox-off"' in page.text
+    assert "not running in sandbox mode" in page.text
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
     assert "not running in sandbox mode" in response.json()["detail"]

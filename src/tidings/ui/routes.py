@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from tidings import sandbox
 from tidings.api.profiles import profile_document, timeline_document
 from tidings.delivery import outbox
 from tidings.flows.read import get_run, list_runs, summaries
@@ -331,6 +332,36 @@ async def deliveries(request: Request, destination: str = "", status: str = "") 
         statuses=STATUSES,
         destination=destination,
         status=chosen or "",
+    )
+
+
+@router.get("/sandbox", response_class=HTMLResponse)
+async def sandbox_requests(request: Request, destination: str = "") -> Response:
+    """In sandbox mode: what the simulated destinations received instead of the vendors."""
+    who = await viewer(request)
+    tidings = request.app.state.tidings
+    try:
+        rows = sandbox.recorded(tidings, destination=destination or None, limit=200)
+    except sandbox.SandboxError as exc:
+        return page(
+            request,
+            "sandbox.html",
+            who,
+            nav="sandbox",
+            rows=[],
+            problem=str(exc),
+            destinations=sorted(tidings.settings.destinations),
+            destination=destination,
+        )
+    return page(
+        request,
+        "sandbox.html",
+        who,
+        nav="sandbox",
+        rows=rows,
+        problem=None,
+        destinations=sorted(tidings.settings.destinations),
+        destination=destination,
     )
 
 
