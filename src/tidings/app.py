@@ -90,7 +90,11 @@ class Tidings:
         )
         self.committer.on_commit = self.processor.wake
         # One pooled, keep-alive HTTP client for every destination.
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        # HTTP/2 is negotiated (ALPN) with the vendors that serve it over TLS; plain-http simulators
+        # get HTTP/1.1.
+        self.http = httpx.AsyncClient(
+            http2=True, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        )
         self.destinations: dict[str, Destination[Any]] = {
             name: destination_class(cfg.kind)(name, cfg, self.http)
             for name, cfg in settings.destinations.items()
