@@ -87,6 +87,7 @@ class Processor(Loop):
         self.store = store
         self.flows = flows or FlowTriggers(FlowCatalog({}), metrics)
         self.runs_due = 0  # flow runs started or woken since the last look (the runner is told)
+        self._set_aside: list[tuple[int, str, str | None, str]] = []  # items the last batch set aside
         self.on_runs_due: Callable[[], None] = lambda: None
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
         self.on_applied: Callable[[], None] = lambda: None  # told after a batch applied events
@@ -118,6 +119,7 @@ class Processor(Loop):
         """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
         now = self.clock.now()
         rows = conn.execute(self._claim, {"limit": self.batch_size}).all()
+        self._set_aside = []
         outcome: dict[int, tuple[str, str | None]] = {}
         mapped: list[CustomerEvent] = []
         for row in rows:
@@ -126,6 +128,7 @@ class Processor(Loop):
                 mapped.append(result)
             else:
                 outcome[row.id] = result
+                self._set_aside.append((row.id, row.source, row.topic, result[0]))
         ordered = sorted(mapped, key=lambda e: (e.occurred_at, e.inbox_id))
         writer = ProfileWriter(conn, self.computed, now)
         fresh = {e.inbox_id for e in ordered} - writer.prepare(ordered)
@@ -234,8 +237,30 @@ class Processor(Loop):
                 )
                 continue
             self._observe(applied)
+            self._log_set_aside()
             return len(applied)
         return 0
+
+    def _log_set_aside(self) -> None:
+        """Items a committed batch did not map: ids only (the reason is stored with the item and
+        may quote the payload, which logs never carry)."""
+        for inbox_id, source, topic, status in self._set_aside:
+            if status == "failed":
+                log.warning(
+                    "mapping an event failed; stored as failed (`tidings replay` after a fix)",
+                    extra={"action": "map_failed", "inbox_id": inbox_id, "source": source, "topic": topic},
+                )
+            else:
+                log.debug(
+                    "no mapping rule for an event; stored as unmapped",
+                    extra={
+                        "action": "event_unmapped",
+                        "inbox_id": inbox_id,
+                        "source": source,
+                        "topic": topic,
+                    },
+                )
+        self._set_aside = []
 
     async def drain(self) -> None:
         """Process until nothing is pending (for the CLI, tests and the simulator)."""

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tidings.delivery.effects import Effect
+from tidings.delivery.effects import UPSERT_CONTACT, Effect
 from tidings.store.schema import delivery_attempts, destination_state, identities, outbox, profiles
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
@@ -430,7 +430,7 @@ def enqueue_backfill(
     rows = [
         {
             "destination": destination,
-            "action": "upsert_contact",
+            "action": UPSERT_CONTACT,
             "idempotency_key": f"{destination}:backfill:{run}:{pid}",
             "coalesce_key": f"{destination}:backfill:{pid}",
             "profile_id": pid,
