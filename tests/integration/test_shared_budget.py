@@ -196,6 +196,21 @@ async def test_three_workers_share_a_rate_limit(store_url: str) -> None:
     assert sum(s["leased"] for s in stats) < n * 1.15, stats  # few starts leased and not used
 
 
+async def test_a_lease_covers_many_requests_not_one(store_url: str) -> None:
+    migrated(store_url)
+    sim = MailchimpSimulator()
+    limit, n = 300, 150  # 0.1 s of the schedule is 28 starts
+    with sim.running():
+        enqueue(store_url, n)
+        async with worker(store_url, config(sim.url, f"{{windows: [{{requests: {limit}, per: 1s}}]}}")) as d:
+            d.batch_size = n  # every effect waits for the budget at once
+            await d.drain()
+            stats = budget_of(d).stats()
+    assert len(sim.requests) == n
+    assert stats["leases"] <= n / 10, stats
+    assert most_in_any([r.at for r in sim.requests], 1.0) <= limit
+
+
 async def test_a_longer_window_is_shared_too(store_url: str) -> None:
     migrated(store_url)
     sim = MailchimpSimulator(latency=0.02)

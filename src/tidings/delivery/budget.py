@@ -328,8 +328,7 @@ class _Schedule:
             self._drop_late()
             deficit = self._needing - len(self._starts)
             if deficit <= 0:
-                self._demand.clear()
-                await self._demand.wait()
+                await self._idle()
                 continue
             ahead = self._starts[-1][0] - time.monotonic() if self._starts else 0.0
             if ahead > span:  # enough in hand; lease the next piece when it runs low
@@ -353,6 +352,19 @@ class _Schedule:
                 await asyncio.sleep(min(wait, 1.0))  # sooner if this worker's unused starts make room
                 continue
             self._received(starts, slots)
+
+    async def _idle(self) -> None:
+        """Nobody waits: uncount what went unused; wake when asked, or when starts in hand pass."""
+        if self._unused:
+            unused, self._unused = self._unused, Counter()
+            with contextlib.suppress(Exception):  # logged by the next lease if the store is down
+                await self.budget.owner.run(partial(self._lease, want=0, lead=0.0, unused=unused))
+            return
+        self._demand.clear()
+        timeout = self._starts[-1][0] + self.grace - time.monotonic() if self._starts else None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if timeout is None else max(0.0, timeout) + 0.001):
+                await self._demand.wait()
 
     def _received(self, starts: list[float], slots: list[tuple[int, int]]) -> None:
         self.leases += 1
@@ -380,17 +392,6 @@ class _Schedule:
         The first start is at least `lead` (the last lease's round trip) away, so that it is
         still ahead when the lease reaches the event loop."""
         destination = self.budget.destination
-        for (window_us, slot_start_us), count in unused.items():
-            conn.execute(
-                update(rate_budget)
-                .where(
-                    rate_budget.c.destination == destination,
-                    rate_budget.c.window_us == window_us,
-                    rate_budget.c.slot_start_us == slot_start_us,
-                    rate_budget.c.used >= count,
-                )
-                .values(used=rate_budget.c.used - count)
-            )
         locked = (
             select(rate_schedule.c.next_start_us)
             .where(rate_schedule.c.destination == destination)
@@ -403,6 +404,19 @@ class _Schedule:
                 {"destination": destination, "next_start_us": 0},
             )
             next_start = conn.execute(locked).scalar_one()
+        for (window_us, slot_start_us), count in unused.items():  # under the lock: no deadlock
+            conn.execute(
+                update(rate_budget)
+                .where(
+                    rate_budget.c.destination == destination,
+                    rate_budget.c.window_us == window_us,
+                    rate_budget.c.slot_start_us == slot_start_us,
+                    rate_budget.c.used >= count,
+                )
+                .values(used=rate_budget.c.used - count)
+            )
+        if want <= 0:
+            return [], [], 0.0
         clock = self.budget.owner.clock
         start = max(int(next_start), clock.now_us() + round(lead * 1e6))  # now: after the lock
         count = want
@@ -470,11 +484,16 @@ class _Schedule:
         return window.window_us, window.slot(last)
 
     async def close(self) -> None:
+        """Stop leasing; the longer windows need not count the starts left in hand."""
         await _cancel(self._task)
         self._task = None
-        self._starts.clear()
+        while self._starts:
+            self._settle(self._starts.popleft()[1], used=False)
+        unused, self._unused = self._unused, Counter()
+        if unused:
+            with contextlib.suppress(Exception):  # counted a little longer than needed: harmless
+                await self.budget.owner.run(partial(self._lease, want=0, lead=0.0, unused=unused))
         self._pieces.clear()
-        self._unused.clear()
 
 
 # --------------------------------------------------------------------------- concurrency
