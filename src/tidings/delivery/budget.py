@@ -9,11 +9,12 @@ hands out the budget in pieces and each process spends its piece on its own cloc
   window x MARGIN / requests apart, as one process spaces its own (`limits.py`). One row per
   destination (`rate_schedule`) holds the first free start; a lease takes the next starts, about
   `lease_span` seconds of them, and the process starts one request at each (a start missed by
-  more than GRACE is lost, not used late). However many workers lease, the starts stay evenly
-  spaced, so any window holds at most its budget.
+  more than a quarter of the margin is lost, not used late). However many workers lease, the
+  starts stay evenly spaced, so any window holds at most its budget.
 - Longer windows (750 a minute) are counted in fixed slots of window / SLOTS (`rate_budget`). A
   lease gets only what keeps every window that could hold its starts within the budget, counting
-  each slot such a window touches in full (conservative by at most one slot).
+  each slot such a window touches in full (conservative by at most one slot). Starts a worker
+  leased and did not use are uncounted again with its next transaction.
 - Concurrency (Mailchimp's 10 connections) is one row per connection (`rate_permits`), each held
   by at most one worker under a lease the worker renews every `heartbeat`. The workers that want
   to send (`rate_workers`, one heartbeat row each) split the connections evenly; a worker over its
@@ -26,8 +27,8 @@ its monotonic clock by an offset measured over the quickest of a few round trips
 
 A worker that dies stops renewing: its permits are free again and its heartbeat row stops counting
 after `permit_ttl`; the starts it had leased and not used (at most about twice `lease_span`) are
-lost. Budget leased and not used stays counted: the vendor never gets more than the limit, at the
-price of a little unused budget.
+lost, and stay counted in the longer windows until they leave them. Whatever is uncertain counts
+as used: the vendor never gets more than the limit, at the price of a little unused budget.
 """
 
 from __future__ import annotations
