@@ -137,13 +137,12 @@ class Processor(Loop):
             outcome.update(failed)
         else:
             done = _apply_all(writer, ordered)
-        self._enqueue_syncs(conn, writer.touched, now)
+        first_time = [
+            replace(a, profile_id=writer.current(a.profile_id)) for a in done if a.event.inbox_id in fresh
+        ]
+        self._enqueue_syncs(conn, writer.touched, {a.profile_id for a in first_time}, now)
         # Flows see each event once: a replay of a stored event starts and ends nothing.
-        self.runs_due += self.flows.on_events(
-            conn,
-            [replace(a, profile_id=writer.current(a.profile_id)) for a in done if a.event.inbox_id in fresh],
-            now,
-        )
+        self.runs_due += self.flows.on_events(conn, first_time, now)
         applied = []
         for event in ordered:
             if event.inbox_id not in outcome:
@@ -155,22 +154,30 @@ class Processor(Loop):
                 conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(status=status, error=error))
         return applied
 
-    def _enqueue_syncs(self, conn: Connection, touched: Mapping[int, datetime], now: datetime) -> None:
+    def _enqueue_syncs(
+        self, conn: Connection, touched: Mapping[int, datetime], live: set[int], now: datetime
+    ) -> None:
         """Profile sync: one pending push per changed contact and destination, in this transaction.
 
         Pushes coalesce: while one is pending, later changes join it, and it carries the profile as
-        it is when sent, so a burst of changes becomes one request with the freshest values.
+        it is when sent, so a burst of changes becomes one request with the freshest values. A
+        contact changed only by replayed events (`tidings replay`) is pushed in the vendor's
+        no-trigger mode (`backfill`), under a coalesce key of its own, so a live change never
+        joins a backfill push and a replay of history never starts today's automations.
         """
         for destination in self.sync_to:
             for pid, newest in touched.items():
+                kind = "sync" if pid in live else "backfill"
                 outbox.enqueue(
                     conn,
                     destination=destination,
                     action=UPSERT_CONTACT,
-                    idempotency_key=f"{destination}:sync:{pid}:{uuid.uuid4().hex}",
-                    coalesce_key=f"{destination}:sync:{pid}",
+                    idempotency_key=f"{destination}:{kind}:{pid}:{uuid.uuid4().hex}",
+                    coalesce_key=f"{destination}:{kind}:{pid}",
                     profile_id=pid,
-                    payload={"profile_id": pid},
+                    payload={"profile_id": pid, "backfill": True}
+                    if kind == "backfill"
+                    else {"profile_id": pid},
                     now=now,
                     data_occurred_at=newest,
                 )

@@ -111,3 +111,40 @@ async def test_a_crash_between_the_call_and_its_record_does_not_double_a_klaviyo
         assert len(klaviyo.requests) == 2  # it was sent again ...
         assert len(klaviyo.accepted_events) == 1  # ... and Klaviyo kept one
         assert klaviyo.duplicate_events == 1
+
+
+async def test_a_replay_pushes_in_klaviyos_no_trigger_mode_and_a_live_change_does_not(
+    running, klaviyo, clock
+) -> None:
+    from sqlalchemy import select
+
+    from tidings.replay import Selection, replay
+
+    async with running(config(klaviyo.url)) as (tidings, client):
+        start = clock.now()
+        identify = {
+            "messageId": "i",
+            "userId": "u1",
+            "timestamp": start.isoformat(),
+            "traits": {"email": "ann@example.com", "first_name": "Ann"},
+        }
+        await post(client, "identify", identify)
+        await tidings.processor.drain()
+
+        def pushes(conn):
+            return list(conn.execute(select(outbox_table.c.payload, outbox_table.c.coalesce_key)))
+
+        [live] = tidings.store.read_sync(pushes)
+        assert "backfill" not in live.payload and live.coalesce_key == "klaviyo:sync:1"
+        await tidings.dispatcher.drain()
+        # A replay that changes the profile (as after a mapping fix) pushes it, marked as history.
+        from tidings.store.schema import profiles
+
+        tidings.store.write_sync(
+            lambda conn: conn.execute(update(profiles).values(traits={"first_name": "Zed"}))
+        )
+        await replay(tidings, Selection(since=start - timedelta(minutes=1)))
+        replayed = tidings.store.read_sync(pushes)[1:]
+        assert [(r.payload.get("backfill"), r.coalesce_key) for r in replayed] == [
+            (True, "klaviyo:backfill:1")
+        ]
