@@ -65,6 +65,20 @@ def enqueue(
     return bool(added)
 
 
+def enqueue_many(conn: Connection, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Add effects without coalescing (flow sends), in one statement; a row whose idempotency key
+    is already there is left out. Each row: destination, action, idempotency_key, payload,
+    profile_id, data_occurred_at."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    common = {"coalesce_key": None, "status": PENDING, "attempts": 0, "next_attempt_at": now}
+    conn.execute(
+        dialect.insert(outbox).on_conflict_do_nothing(),
+        [{**common, "created_at": now, "updated_at": now, **row} for row in rows],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     effect: Effect

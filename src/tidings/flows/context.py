@@ -49,6 +49,36 @@ def profile_doc(conn: Connection, pid: int) -> dict[str, Any] | None:
     }
 
 
+def profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
+    """`profile_doc` for many profiles in two statements; a merged-away profile is left out (its
+    runs follow the merge one by one)."""
+    if not pids:
+        return {}
+    rows = conn.execute(
+        select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
+            profiles.c.id.in_(sorted(pids)), profiles.c.merged_into.is_(None)
+        )
+    ).all()
+    ids: dict[int, dict[str, str]] = {r.id: {} for r in rows}
+    for r in conn.execute(
+        select(identities.c.profile_id, identities.c.kind, identities.c.value)
+        .where(identities.c.profile_id.in_(sorted(ids)))
+        .order_by(identities.c.first_seen_at, identities.c.kind)
+    ):
+        ids[r.profile_id].setdefault(r.kind, r.value)
+    return {
+        r.id: {
+            "id": r.id,
+            "traits": dict(r.traits),
+            "consent": {channel: entry.get("state", "unknown") for channel, entry in r.consent.items()},
+            "identities": ids[r.id],
+            "email": ids[r.id].get("email"),
+            "phone": ids[r.id].get("phone"),
+        }
+        for r in rows
+    }
+
+
 def profile_cart(profile: dict[str, Any]) -> dict[str, Any] | None:
     """The cart as the profile knows it (built-in cart traits), or None when there is none."""
     traits = profile["traits"]

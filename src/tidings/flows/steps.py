@@ -26,7 +26,7 @@ from tidings.delivery.effects import TRACK_EVENT
 from tidings.flows import runs
 from tidings.flows.catalog import FlowCatalog
 from tidings.flows.clock import customer_zone, next_local, quiet_until
-from tidings.flows.context import Journal, event_doc, holds, profile_cart, profile_doc
+from tidings.flows.context import Journal, event_doc, holds, profile_cart, profile_doc, profile_docs
 from tidings.flows.model import EXIT, NEXT, Flow, GlobalGuards, Send, Step
 from tidings.flows.triggers import SKEW
 from tidings.lookups.base import CartState, LookupUnavailable
@@ -64,16 +64,46 @@ class Executor:
         self.guards = guards
         self.metrics = metrics
         self.journal = Journal()
+        self._sends: list[dict[str, Any]] = []
+        self._profiles: dict[int, dict[str, Any]] = {}
+        self._now: datetime | None = None
+
+    def begin(self, conn: Connection, batch: list[runs.Run], now: datetime) -> None:
+        """A round: read the customers of `batch` at once; journals and sends are written by
+        `finish`, so a round of runs costs a few statements, not a few per run."""
+        self.journal = Journal()
+        self._sends = []
+        self._now = now
+        self._profiles = profile_docs(conn, {run.profile_id for run in batch})
+
+    def finish(self, conn: Connection) -> None:
+        self.journal.flush(conn)
+        if self._now is not None:
+            outbox.enqueue_many(conn, self._sends, self._now)
+        self._sends = []
+        self._profiles = {}
+
+    def writes_at_once(self, run: runs.Run) -> bool:
+        """Whether running `run` may write before the round ends (an `update_profile` step)."""
+        flow = self.catalog.current.get(run.flow)
+        return (
+            flow is None
+            or run.version != self.catalog.versions.get(run.flow)
+            or any(step.update_profile is not None for step in flow.steps)
+        )
 
     def execute(
         self, conn: Connection, run: runs.Run, now: datetime, live: Live = NOT_ASKED
     ) -> NeedsLookup | None:
-        """Run steps from where the run stands until it waits or ends; its journal is written
-        at the end (nothing of it on an error: the caller rolls the run back)."""
-        self.journal = Journal()
-        result = self._execute(conn, run, now, live)
-        self.journal.flush(conn)
-        return result
+        """Run steps from where the run stands until it waits or ends (within a round: see
+        `begin`). On an error nothing of the run is kept; the caller rolls it back."""
+        marks = (len(self.journal.lines), len(self._sends))
+        try:
+            return self._execute(conn, run, now, live)
+        except Exception:
+            del self.journal.lines[marks[0] :], self._sends[marks[1] :]
+            self._profiles.pop(run.profile_id, None)  # an update_profile may have touched it
+            raise
 
     def _execute(self, conn: Connection, run: runs.Run, now: datetime, live: Live) -> NeedsLookup | None:
         resolved = self.catalog.resolve(conn, run.flow, run.version)
@@ -86,8 +116,11 @@ class Executor:
                 self._end(conn, run, runs.EXITED, f"step {run.step!r} is not in version {version}", now)
                 return None
             run.version, run.dirty = version, True
-        current = resolve(conn, str(run.profile_id))
-        profile = profile_doc(conn, current) if current is not None else None
+        profile = self._profiles.get(run.profile_id)
+        current: int | None = run.profile_id
+        if profile is None:  # merged into another since, or not read with the round
+            current = resolve(conn, str(run.profile_id))
+            profile = profile_doc(conn, current) if current is not None else None
         if profile is None:
             self._end(conn, run, runs.EXITED, "the profile was erased", now)
             return None
@@ -226,15 +259,15 @@ class Executor:
         if send.action == TRACK_EVENT:
             payload.setdefault("occurred_at", now.isoformat())
         trigger_at = (run.context.get("event") or {}).get("occurred_at")
-        outbox.enqueue(
-            conn,
-            destination=send.destination,
-            action=send.action,
-            idempotency_key=f"flow:{run.flow}:{run.id}:{step_id}:{run.visits}",
-            payload=payload,
-            now=now,
-            profile_id=run.profile_id,
-            data_occurred_at=datetime.fromisoformat(trigger_at) if trigger_at else None,
+        self._sends.append(
+            {
+                "destination": send.destination,
+                "action": send.action,
+                "idempotency_key": f"flow:{run.flow}:{run.id}:{step_id}:{run.visits}",
+                "payload": payload,
+                "profile_id": run.profile_id,
+                "data_occurred_at": datetime.fromisoformat(trigger_at) if trigger_at else None,
+            }
         )
         consent = profile["consent"].get(send.channel, "unknown")
         why = [f"consent {send.channel}: {consent}", f"cart from {(fresh.cart or {}).get('source', 'none')}"]
