@@ -33,7 +33,6 @@ log = logging.getLogger("tidings.flows")
 LEASE = timedelta(seconds=30)  # a claimed run is taken over by another worker after this
 GAUGES_EVERY = timedelta(seconds=15)
 OVERDUE_AFTER = timedelta(seconds=60)
-TICK = 0.01  # s: the finest a timer is waited for (real time)
 
 
 class FlowRunner(Loop):
@@ -151,9 +150,7 @@ class FlowRunner(Loop):
         # A timer's delay is virtual time; the loop sleeps real time (they differ on a ScaledClock).
         left = None if due is None else (due - self.clock.now()).total_seconds()
         wait = self.max_poll if left is None else real_seconds(self.clock, left)
-        # Runs due within a tick of each other fire in one round: a round costs about as much as
-        # firing a run, so at 500 due per second one round per due time would double the work.
-        self.poll = min(self.max_poll, 0.0 if wait <= 0 else max(TICK, wait))
+        self.poll = min(self.max_poll, max(0.0, wait))
         if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = now
             if self._gauges is None or self._gauges.done():
