@@ -179,6 +179,9 @@ async def paced_load(
             key, body, headers = make(shot.n)
             shot.key = key
             async with free:
+                if stop is not None and stop.is_set():
+                    shot.status = "unsent"  # still waiting for a connection when the load stopped
+                    return
                 shot.sent = time.monotonic()
                 try:
                     response = await client.post(url, content=body, headers=headers)
@@ -208,7 +211,7 @@ def load_summary(shots: list[Shot]) -> dict[str, Any]:
     """Answers by status, ack latency and how late the sends were against their slots."""
     acks = sorted((s.acked - s.sent) * 1000 for s in shots if s.status.startswith("2"))
     from_slot = sorted((s.acked - s.slot) * 1000 for s in shots if s.status.startswith("2"))
-    late = sorted((s.sent - s.slot) * 1000 for s in shots)
+    late = sorted((s.sent - s.slot) * 1000 for s in shots if not math.isnan(s.sent))
     span = (shots[-1].slot - shots[0].slot) if len(shots) > 1 else math.nan
     return {
         "sent": len(shots),
@@ -361,7 +364,7 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
         if args.py_spy and rnd == 0:
             profiler = start_profiler(args.py_spy, server.pid, workdir / "profile.txt", args.duration)
         before = ib.scrape(f"http://127.0.0.1:{port}")
-        cpu0 = server.cpu_seconds()
+        cpu0, wall0 = server.cpu_seconds(), time.monotonic()
         shots = run_async(
             paced_load(
                 url,
@@ -371,7 +374,7 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
                 connections=args.connections,
             )
         )
-        cpu = server.cpu_seconds() - cpu0
+        cpu, wall = server.cpu_seconds() - cpu0, time.monotonic() - wall0
         # the last webhooks' requests arrive
         deadline = time.monotonic() + args.grace
         expected = sum(1 for s in shots if s.status.startswith("2"))
@@ -408,7 +411,9 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
         "verified_by_sink": arrived["verified"],
         "e2e_ms": pcts(latencies),
         "e2e_from_slot_ms": pcts(from_slot),
-        "server_cpu_share": round(cpu / (args.warmup + args.duration), 3),
+        "server_cpu_share": round(cpu / wall, 3),  # while the load ran (longer than planned if queued)
+        "load_s": round(wall, 1),
+        "acked_per_s": round(expected / wall, 1),  # over the whole load, warm-up included
         "server_cpu_ms_per_webhook": round(1000 * cpu_all / max(1, expected), 3),
         "server_peak_rss_mb": round(rss, 1),
         "flow_sends": {
@@ -499,6 +504,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes in src/" if dirty.stdout.strip() else "")
+
+
 def quiet(seconds: float) -> None:
     """Other sessions share the machine: wait (up to `seconds`) for it to be idle."""
     if seconds > 0:
@@ -530,8 +549,8 @@ def report(doc: dict[str, Any]) -> str:
         f"{TARGETS_MS['p99']:g} ms): **{'met' if met else 'not met'}**",
         "",
         "| run | measured | arrived | missing | p50 | p90 | p99 | p99.9 | max | from slot p99 | ack p99 "
-        "| late sends p99 | server CPU | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| late sends p99 | acked/s | server CPU | CPU ms/webhook | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(doc["runs"], 1):
         e = r["e2e_ms"]
@@ -539,7 +558,8 @@ def report(doc: dict[str, Any]) -> str:
             f"| {i} | {r['measured']:,} | {r['arrived']:,} | {r['missing']} | {e['p50']} | {e['p90']} | "
             f"{e['p99']} | {e['p99.9']} | {e['max']} | {r['e2e_from_slot_ms']['p99']} | "
             f"{r['load']['ack_ms']['p99']} | {r['load']['send_late_ms']['p99']} | "
-            f"{r['server_cpu_share']:.2f} | {r['server_peak_rss_mb']} |"
+            f"{r.get('acked_per_s', '-')} | {r['server_cpu_share']:.2f} | {r['server_cpu_ms_per_webhook']} | "
+            f"{r['server_peak_rss_mb']} |"
         )
     lines += [
         "",
@@ -616,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python", "bench/e2e.py", *raw]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine(),
+        "code": code_version(),
         "runs": results,
         "summary": {
             "p50": med([r["e2e_ms"]["p50"] for r in results]),

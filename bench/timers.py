@@ -755,27 +755,54 @@ def report(doc: dict[str, Any]) -> str:
         ]
     if doc["drain"]:
         sd = s["drain"]
+        drained = sd["drain_s"] is not None
+        verdict = "met" if drained and sd["drain_s"] < TARGETS["drain_s"] else "not met"
+        if drained:
+            took = f"**{sd['drain_s']} s**"
+        else:
+            rates = [_rate(r) for r in doc["drain"]]
+            took = (
+                f"**not drained within {st['max_drain']:g} s** (fired "
+                + ", ".join(f"{r['fired']:,}" for r in doc["drain"])
+                + f" of {st['drain']:,}; {e2e.med(rates):,.0f}/s, so ~{st['drain'] / e2e.med(rates):,.0f} s "
+                "for all)"
+            )
         lines += [
             f"## drain: {st['drain']:,} runs due within one second, webhooks at {st['ingest_rate']:g}/s",
             "",
-            f"Drain time, median of {len(doc['drain'])} runs: **{sd['drain_s']} s** (target < "
-            f"{TARGETS['drain_s']:g} s): **{'met' if sd['drain_s'] < TARGETS['drain_s'] else 'not met'}**; "
-            f"webhook ack p99 {sd['ack_p99']} ms; answers: {sd['statuses']}.",
+            f"Drain time, median of {len(doc['drain'])} runs: {took} (target < "
+            f"{TARGETS['drain_s']:g} s): **{verdict}**; "
+            f"webhook ack p99 {sd['ack_p99']} ms; answers: {sd['statuses']} (`unsent`: still waiting for "
+            "one of the load generator's connections when the load stopped).",
             "",
             "| run | fired | drain s | fired/s | lateness p50 | p99 | max | ack p50 | ack p99 | ack max "
-            "| answers | RSS MB (max / peak) | server CPU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| ack p99 from slot | answers | RSS MB (max / peak) | server CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for i, r in enumerate(doc["drain"], 1):
             lt, a = r["lateness_ms"], r["ingest"]["ack_ms"]
             lines.append(
-                f"| {i} | {r['fired']:,} | {r['drain_s']} | {r['fired_per_s']} | {lt['p50']} | {lt['p99']} | "
-                f"{lt['max']} | {a['p50']} | {a['p99']} | {a['max']} "
+                f"| {i} | {r['fired']:,} | {r['drain_s']} | {_rate(r):,.0f} | {lt['p50']} | {lt['p99']} | "
+                f"{lt['max']} | {a['p50']} | {a['p99']} | {a['max']} | "
+                f"{r['ingest']['ack_from_slot_ms']['p99']} "
                 f"| {json.dumps(r['ingest']['statuses'])} | "
                 f"{r['rss_mb_drain_max']} / {r['rss_mb_peak']} | {r['server_cpu_share']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _finite(value: float) -> float | None:
+    """None for a drain that did not finish (JSON has no infinity)."""
+    return value if math.isfinite(value) else None
+
+
+def _rate(r: dict[str, Any]) -> float:
+    """Firings per second: over the drain, or up to the last count when it did not finish."""
+    if r["fired_per_s"]:
+        return float(r["fired_per_s"])
+    done = [(t, n) for t, n in r["progress"] if t > 0]
+    return done[-1][1] / done[-1][0] if done else math.nan
 
 
 def summarise(
@@ -791,7 +818,7 @@ def summarise(
         out["steady"] = {
             "p50": e2e.med([r["lateness_ms"]["p50"] for r in steady]),
             "p99": e2e.med([r["lateness_ms"]["p99"] for r in steady]),
-            "rss_mb": e2e.med([r["rss_mb_window_max"] for r in steady]),
+            "rss_mb": round(e2e.med([r["rss_mb_window_max"] for r in steady]), 1),
             "rss_peak_mb": e2e.med([r["rss_mb_peak"] for r in steady]),
             "missing": sum(r["missing"] for r in steady),
         }
@@ -801,7 +828,9 @@ def summarise(
             for k, v in r["ingest"]["statuses"].items():
                 statuses[k] = statuses.get(k, 0) + v
         out["drain"] = {
-            "drain_s": e2e.med([r["drain_s"] if r["drain_s"] is not None else math.inf for r in drain]),
+            "drain_s": _finite(
+                e2e.med([r["drain_s"] if r["drain_s"] is not None else math.inf for r in drain])
+            ),
             "ack_p99": e2e.med([r["ingest"]["ack_ms"]["p99"] for r in drain]),
             "statuses": statuses,
             "rss_peak_mb": e2e.med([r["rss_mb_peak"] for r in drain]),
@@ -933,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python", "bench/timers.py", *raw]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": e2e.machine(),
+        "code": e2e.code_version(),
         "template": meta,
         "steady": steady,
         "drain": drain,
