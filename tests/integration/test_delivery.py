@@ -137,11 +137,27 @@ async def test_retry_after_is_honoured(running, sink, clock) -> None:
 async def test_a_permanent_error_goes_to_the_dead_letters_with_the_vendors_words(
     running, sink, clock
 ) -> None:
+    import io
+    import json
+    import logging
+
+    from tidings.logging import JsonFormatter
+
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("tidings").addHandler(handler)
     async with running(config(sink.url)) as (tidings, _):
         await push(tidings, clock)
         sink.fail_next(status=422, body={"error": "field FNAME is unknown"})
-        await tidings.dispatcher.run_once()
+        try:
+            await tidings.dispatcher.run_once()
+        finally:
+            logging.getLogger("tidings").removeHandler(handler)
+        [dead] = [json.loads(x) for x in lines.getvalue().splitlines() if '"delivery_dead"' in x]
         [row] = rows(tidings)
+        assert (dead["outbox_id"], dead["destination"], dead["effect"]) == (row.id, "crm", "upsert_contact")
+        assert "FNAME" not in lines.getvalue()  # the vendor's words stay in the store
         assert row.status == "dead"
         assert "422" in row.last_error and "field FNAME is unknown" in row.last_error
         assert tidings.store.write_sync(lambda c: outbox.retry_dead(c, clock.now())) == 1

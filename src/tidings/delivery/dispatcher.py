@@ -33,6 +33,7 @@ from tidings.exceptions import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from tidings.logging import bound
 from tidings.loop import Loop
 from tidings.metrics import Metrics
 from tidings.store import Store
@@ -117,6 +118,14 @@ class Dispatcher(Loop):
 
     async def _send(self, claimed: outbox.Claimed) -> None:
         effect = claimed.effect
+        # Every line logged while sending names the effect (key rotation, OAuth, pauses, ...).
+        with bound(
+            outbox_id=effect.id, destination=effect.destination, effect=effect.action, attempt=effect.attempt
+        ):
+            await self._send_bound(claimed)
+
+    async def _send_bound(self, claimed: outbox.Claimed) -> None:
+        effect = claimed.effect
         destination = self.destinations.get(effect.destination)
         if destination is None:
             await self._settle(effect, "dead", f"destination {effect.destination!r} is not configured")
@@ -162,6 +171,7 @@ class Dispatcher(Loop):
                 extra={
                     "action": "destination_paused",
                     "destination": destination.name,
+                    "reason": "credentials_rejected",
                     "status": exc.status,
                 },
             )
@@ -249,8 +259,27 @@ class Dispatcher(Loop):
                         now + wait,
                         f"circuit open after {failures} failures",
                     )
+                    opened.append((failures, wait.total_seconds()))
 
+        opened: list[tuple[int, float]] = []
         await self.store.write(write)
+        if outcome == "dead":
+            # The vendor's words stay in the store (`tidings deliveries list`): they may quote an address.
+            log.warning(
+                "delivery is dead",
+                extra={"action": "delivery_dead", "outbox_id": effect.id, "destination": destination},
+            )
+        for failures, seconds in opened:
+            log.error(
+                "destination paused: the circuit opened after failures in a row",
+                extra={
+                    "action": "destination_paused",
+                    "destination": destination,
+                    "reason": "circuit_open",
+                    "failures": failures,
+                    "pause_seconds": seconds,
+                },
+            )
         self.metrics.deliveries.labels(destination, outcome).inc()
         if latency is not None:
             self.metrics.delivery_seconds.labels(destination).observe(latency)
