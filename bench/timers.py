@@ -8,13 +8,15 @@ What runs, all on this machine over loopback (127.0.0.1 only):
   consent) per run. The step after the wait is a `send` to a `webhook` destination, so every
   firing writes an outbox row. The template store is built once and copied for every run;
 - `tidings serve --role all` as a real process (SystemClock; the FlowRunner, processor and
-  dispatcher as deployed); the dispatcher delivers to tidings.testing.WebhookSink in its own
-  process (--deliver sink), or the destination is paused in the store so it sends nothing
-  (--deliver paused: the runner alone);
+  dispatcher as deployed); the destination is paused in the store so the dispatcher sends nothing
+  (--deliver paused, the default: the runner measured alone), or the dispatcher delivers to
+  tidings.testing.WebhookSink in its own process (--deliver sink);
 - for the drain, signed Shopify `checkouts/create` webhooks at a steady --ingest-rate from this
   script (asyncio + httpx, open loop), to see that ingest keeps acknowledging.
 
 Phases (each --runs times, medians reported):
+0. cpu: FlowRunner.drain() in this process on --cpu-runs due runs: CPU ms and SQL statements per
+   fired run (CPU time barely depends on other load: the figure to compare runner versions).
 1. steady: on top of the pending million, runs falling due at --rate per second (due times spread
    evenly). Lateness of each run due in the measured window = its outbox row's created_at minus its
    due time (p50/p99; targets 20 ms / 250 ms), the tidings_flow_timer_lateness_seconds histogram,
@@ -805,21 +807,25 @@ def _rate(r: dict[str, Any]) -> float:
     return done[-1][1] / done[-1][0] if done else math.nan
 
 
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def summarise(
     steady: list[dict[str, Any]], drain: list[dict[str, Any]], cpu: list[dict[str, Any]]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if cpu:
         out["cpu"] = {
-            "cpu_ms_per_run": e2e.med([r["cpu_ms_per_run"] for r in cpu]),
-            "statements_per_run": e2e.med([r["statements_per_run"] for r in cpu]),
+            "cpu_ms_per_run": _r(e2e.med([r["cpu_ms_per_run"] for r in cpu])),
+            "statements_per_run": _r(e2e.med([r["statements_per_run"] for r in cpu])),
         }
     if steady:
         out["steady"] = {
-            "p50": e2e.med([r["lateness_ms"]["p50"] for r in steady]),
-            "p99": e2e.med([r["lateness_ms"]["p99"] for r in steady]),
-            "rss_mb": round(e2e.med([r["rss_mb_window_max"] for r in steady]), 1),
-            "rss_peak_mb": e2e.med([r["rss_mb_peak"] for r in steady]),
+            "p50": _r(e2e.med([r["lateness_ms"]["p50"] for r in steady])),
+            "p99": _r(e2e.med([r["lateness_ms"]["p99"] for r in steady])),
+            "rss_mb": _r(e2e.med([r["rss_mb_window_max"] for r in steady]), 1),
+            "rss_peak_mb": _r(e2e.med([r["rss_mb_peak"] for r in steady])),
             "missing": sum(r["missing"] for r in steady),
         }
     if drain:
@@ -829,11 +835,11 @@ def summarise(
                 statuses[k] = statuses.get(k, 0) + v
         out["drain"] = {
             "drain_s": _finite(
-                e2e.med([r["drain_s"] if r["drain_s"] is not None else math.inf for r in drain])
+                round(e2e.med([r["drain_s"] if r["drain_s"] is not None else math.inf for r in drain]), 3)
             ),
-            "ack_p99": e2e.med([r["ingest"]["ack_ms"]["p99"] for r in drain]),
+            "ack_p99": _r(e2e.med([r["ingest"]["ack_ms"]["p99"] for r in drain])),
             "statuses": statuses,
-            "rss_peak_mb": e2e.med([r["rss_mb_peak"] for r in drain]),
+            "rss_peak_mb": _r(e2e.med([r["rss_mb_peak"] for r in drain])),
         }
     return out
 

@@ -202,21 +202,10 @@ def save_all(conn: Connection, runs: list[Run], now: datetime) -> None:
 
 def claim_due(conn: Connection, now: datetime, *, limit: int, lease: timedelta) -> list[Run]:
     """Active runs due by `now`, oldest first, each pushed one lease ahead under a new claim."""
-    stmt = (
-        select(flow_runs)
-        .where(flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= now)
-        .order_by(flow_runs.c.due_at)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    runs = [Run.from_row(r) for r in conn.execute(stmt)]
+    stmt = _CLAIM_LOCKED if conn.dialect.name == "postgresql" else _CLAIM
+    runs = [Run.from_row(r) for r in conn.execute(stmt, {"now": now, "limit": limit})]
     if runs:
-        conn.execute(
-            update(flow_runs)
-            .where(flow_runs.c.id.in_([r.id for r in runs]))
-            .values(due_at=now + lease, claim=flow_runs.c.claim + 1)
-        )
+        conn.execute(_PUSH, {"ids": [r.id for r in runs], "until": now + lease})
     for run in runs:
         run.overdue_since = run.due_at
         run.claim += 1
@@ -268,6 +257,23 @@ _SAVE_ALL = (
     update(flow_runs)
     .where(flow_runs.c.id == bindparam("_id"))
     .values({name: bindparam(f"_{name}", type_=flow_runs.c[name].type) for name in _SAVED})
+)
+
+# Built once: a round at a steady due rate fires one or two runs, so building these per round
+# cost about as much as the firing (bench/timers.py, steady phase).
+_CLAIM = (
+    select(flow_runs)
+    .where(
+        flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= bindparam("now", type_=flow_runs.c.due_at.type)
+    )
+    .order_by(flow_runs.c.due_at)
+    .limit(bindparam("limit"))
+)
+_CLAIM_LOCKED = _CLAIM.with_for_update(skip_locked=True)
+_PUSH = (
+    update(flow_runs)
+    .where(flow_runs.c.id.in_(bindparam("ids", expanding=True)))
+    .values(due_at=bindparam("until", type_=flow_runs.c.due_at.type), claim=flow_runs.c.claim + 1)
 )
 
 _ACTIVE_FOR = (
