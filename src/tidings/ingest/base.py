@@ -13,13 +13,13 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field, SecretStr, field_validator
 
 from tidings.clock import Clock
-from tidings.configmodel import ConfigModel, SecretList
+from tidings.configmodel import ConfigModel, Duration, SecretList
 from tidings.exceptions import MalformedPayload, UnsupportedMediaType
 from tidings.mapping.rules import MappingRule
 
@@ -32,6 +32,27 @@ class SourceSettings(ConfigModel):
     # Mapping to canonical events: these rules first, then (unless `presets: false`) the kind's own.
     mappings: list[MappingRule] = []
     presets: bool = True
+
+
+class LookupSettings(ConfigModel):
+    """What every source's live lookup (tidings.lookups) takes: where its API is, how long to wait."""
+
+    base_url: str | None = None  # instead of the vendor's own host: a proxy or a local simulator
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {url!r} must start with http:// or https://")
+        return url.rstrip("/") if url is not None else None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        return timeout
 
 
 class SignedSourceSettings(SourceSettings):

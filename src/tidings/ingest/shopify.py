@@ -13,17 +13,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import timedelta
 from typing import Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.configmodel import ConfigModel, Duration
 from tidings.exceptions import AuthenticationFailed, MalformedPayload
 from tidings.ingest import signing
 from tidings.ingest.base import (
     InboundRequest,
     Item,
+    LookupSettings,
     Receiver,
     Reception,
     SignedSourceSettings,
@@ -48,14 +47,12 @@ _SHOP = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
 _API_VERSION = re.compile(r"^(\d{4}-(01|04|07|10)|unstable)$")
 
 
-class ShopifyLookupSettings(ConfigModel):
+class ShopifyLookupSettings(LookupSettings):
     """The GraphQL Admin API, asked about a checkout right before a flow sends (tidings.lookups)."""
 
     shop: str  # the shop's myshopify.com domain
     access_token: SecretStr  # an Admin API access token with read_orders and read_products
     api_version: str = "2025-07"
-    base_url: str | None = None  # instead of https://{shop}: a proxy or a local simulator
-    timeout: Duration = timedelta(seconds=10)
 
     @field_validator("shop")
     @classmethod
@@ -95,20 +92,6 @@ class ShopifyLookupSettings(ConfigModel):
                 "(January, April, July or October of a year) or unstable"
             )
         return version
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {url!r} must start with http:// or https://")
-        return url.rstrip("/") if url is not None else None
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, timeout: timedelta) -> timedelta:
-        if timeout <= timedelta(0):
-            raise ValueError("timeout must be positive")
-        return timeout
 
 
 class ShopifySettings(SignedSourceSettings):

@@ -13,19 +13,25 @@ from typing import Any, Literal
 
 from pydantic import SecretStr, field_validator
 
-from tidings.configmodel import ConfigModel, Duration
+from tidings.configmodel import Duration
 from tidings.exceptions import AuthenticationFailed
 from tidings.ingest import signing
-from tidings.ingest.base import InboundRequest, Item, Receiver, Reception, SignedSourceSettings, parse_json
+from tidings.ingest.base import (
+    InboundRequest,
+    Item,
+    LookupSettings,
+    Receiver,
+    Reception,
+    SignedSourceSettings,
+    parse_json,
+)
 
 
-class StripeLookupSettings(ConfigModel):
+class StripeLookupSettings(LookupSettings):
     """Stripe's API, asked about a Checkout Session right before a flow sends (tidings.lookups)."""
 
     api_key: SecretStr  # sk_..., or a restricted rk_... key allowed to read Checkout Sessions
-    base_url: str | None = None  # instead of https://api.stripe.com: a proxy or a local simulator
     stripe_version: str | None = None  # sent as Stripe-Version; None: the account's default version
-    timeout: Duration = timedelta(seconds=10)
 
     @field_validator("api_key")
     @classmethod
@@ -46,20 +52,6 @@ class StripeLookupSettings(ConfigModel):
         if not value.startswith(("sk_", "rk_")):
             raise ValueError("a Stripe API key starts with sk_ (secret key) or rk_ (restricted key)")
         return SecretStr(value)
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url {url!r} must start with http:// or https://")
-        return url.rstrip("/") if url is not None else None
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, timeout: timedelta) -> timedelta:
-        if timeout <= timedelta(0):
-            raise ValueError("timeout must be positive")
-        return timeout
 
 
 class StripeSettings(SignedSourceSettings):
