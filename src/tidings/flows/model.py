@@ -226,6 +226,11 @@ class Flow(ConfigModel):
         """Every step's id: its own, or its position (`1`, `2`, ...) when it has none."""
         return [step.id or str(index + 1) for index, step in enumerate(self.steps)]
 
+    def step(self, step_id: str | None) -> Step | None:
+        """The step with this id (see `step_ids`), or None."""
+        ids = self.step_ids()
+        return self.steps[ids.index(step_id)] if step_id in ids else None
+
     def version(self) -> str:
         """A changed definition is a new version."""
         text = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)

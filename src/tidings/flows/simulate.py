@@ -36,7 +36,7 @@ from tidings.exceptions import TidingsError
 from tidings.flows import runs
 from tidings.ingest.segment import SegmentSettings
 from tidings.lookups.base import CartLookup, CartState
-from tidings.store.schema import flow_runs, flow_steps, inbox, requests
+from tidings.store.schema import flow_runs, flow_steps, identities, inbox, requests
 
 SIM_SOURCE = "_simulated"
 HORIZON = timedelta(days=60)  # how long after the last event timers are still followed
@@ -199,8 +199,6 @@ def _store_raw(conn: Any, item: dict[str, Any], at: datetime) -> None:
 
 
 def _result(conn: Any, count: int) -> Simulation:
-    from tidings.store.schema import identities
-
     emails = {
         r.profile_id: r.value
         for r in conn.execute(

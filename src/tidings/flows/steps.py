@@ -133,7 +133,7 @@ class Executor:
         ids = flow.step_ids()
         step_id = run.step or ids[0]
         for _ in range(MAX_STEPS):
-            step = flow.steps[ids.index(step_id)]
+            step = flow.steps[ids.index(step_id)]  # the id exists: checked with the config
             run.visits += 1
             run.dirty = True
             target = self._step(conn, flow, run, step, step_id, profile, now, live)

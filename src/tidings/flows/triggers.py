@@ -110,13 +110,12 @@ class FlowTriggers:
                 run.end(runs.EXITED, f"exit event {event.name!r}", now)
                 self.metrics.flow_runs.labels(run.flow, "exited").inc()
                 return 0
-        step = _step(flow, run.step)
-        waiting = step is not None and step.wait_for is not None and run.context.get("waiting") == run.step
-        if waiting and step is not None and step.wait_for is not None and event.name in step.wait_for.names:
-            if holds(step.wait_for.when, ctx):
-                run.context = {**run.context, "matched": doc}
-                run.schedule(run.step or "", now, "event")
-                return 1
+        step = flow.step(run.step)
+        wait_for = step.wait_for if step is not None and run.context.get("waiting") == run.step else None
+        if wait_for is not None and event.name in wait_for.names and holds(wait_for.when, ctx):
+            run.context = {**run.context, "matched": doc}
+            run.schedule(run.step or "", now, "event")
+            return 1
         if event.name in flow.trigger.names and holds(flow.trigger.when, ctx):
             key = _key(flow, ctx)
             trigger = run.context.get("event") or {}
@@ -206,13 +205,6 @@ def _key(flow: Flow, ctx: dict[str, Any]) -> str | None:
     if value is None or value == "":
         return None
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-
-
-def _step(flow: Flow, step_id: str | None) -> Any:
-    if step_id is None:
-        return None
-    ids = flow.step_ids()
-    return flow.steps[ids.index(step_id)] if step_id in ids else None
 
 
 def _profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
