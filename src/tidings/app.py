@@ -8,13 +8,12 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.delivery.dispatcher import Dispatcher
 from tidings.delivery.sync import ProfileRenderer
 from tidings.destinations.base import Destination
+from tidings.destinations.http import pooled_client
 from tidings.destinations.registry import destination_class
 from tidings.flows.catalog import FlowCatalog
 from tidings.flows.runner import FlowRunner
@@ -89,12 +88,8 @@ class Tidings:
             flows=FlowTriggers(self.flows, self.metrics),
         )
         self.committer.on_commit = self.processor.wake
-        # One pooled, keep-alive HTTP client for every destination.
-        # HTTP/2 is negotiated (ALPN) with the vendors that serve it over TLS; plain-http simulators
-        # get HTTP/1.1.
-        self.http = httpx.AsyncClient(
-            http2=True, limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        )
+        # One pooled, keep-alive HTTP client for every destination and lookup.
+        self.http = pooled_client()
         self.destinations: dict[str, Destination[Any]] = {
             name: destination_class(cfg.kind)(name, cfg, self.http)
             for name, cfg in settings.destinations.items()
