@@ -313,3 +313,54 @@ async def test_the_background_dispatcher_sends_what_the_processor_queues(running
             await asyncio.sleep(0.02)
         [received] = sink.received.values()
         assert received["data"]["fields"]["FNAME"] == "Ann"
+
+
+def enqueue_many(tidings, destination: str, count: int, now, prefix: str = "") -> None:
+    def write(c) -> None:
+        for n in range(count):
+            outbox.enqueue(
+                c,
+                destination=destination,
+                action="upsert_contact",
+                idempotency_key=f"{destination}-{prefix}{n}",
+                payload={"email": f"c{n}@example.com", "fields": {}},
+                now=now,
+            )
+
+    tidings.store.write_sync(write)
+
+
+def statuses(tidings) -> dict[str, dict[str, int]]:
+    return tidings.store.read_sync(outbox.counts)
+
+
+async def test_a_backlog_of_one_destination_does_not_hold_back_another(running, sink, clock) -> None:
+    """Destinations share a claim in turn, and a paused one is not even looked at."""
+    erp = f'  erp:\n    kind: webhook\n    url: "{sink.url}/hooks/erp"\n    secret: "{SECRET}"\n'
+    two = config(sink.url) + erp
+    async with running(two) as (tidings, _):
+        enqueue_many(tidings, "crm", 150, clock.now())
+        clock.advance(timedelta(seconds=1))
+        enqueue_many(tidings, "erp", 1, clock.now())  # queued after all of crm's
+        assert await tidings.dispatcher.run_once() == 100
+        assert statuses(tidings) == {"crm": {"delivered": 99, "pending": 51}, "erp": {"delivered": 1}}
+
+        tidings.store.write_sync(
+            lambda c: outbox.pause(c, "crm", clock.now(), clock.now() + timedelta(minutes=5), "test")
+        )
+        enqueue_many(tidings, "erp", 1, clock.now(), prefix="b")
+        assert await tidings.dispatcher.run_once() == 1
+        assert statuses(tidings)["crm"] == {"delivered": 99, "pending": 51}
+        clock.advance(timedelta(minutes=6))  # the pause is over
+        await tidings.dispatcher.drain()
+        assert statuses(tidings) == {"crm": {"delivered": 150}, "erp": {"delivered": 2}}
+
+
+async def test_effects_of_a_destination_no_longer_configured_are_dead_letters(running, sink, clock) -> None:
+    async with running(config(sink.url)) as (tidings, _):
+        enqueue_many(tidings, "removed", 2, clock.now())
+        enqueue_many(tidings, "crm", 1, clock.now())
+        assert await tidings.dispatcher.run_once() == 3
+        [dead, _, delivered] = rows(tidings)
+        assert (dead.status, delivered.status) == ("dead", "delivered")
+        assert dead.last_error == "destination 'removed' is not configured"

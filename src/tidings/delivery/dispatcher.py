@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,10 +42,15 @@ from tidings.store import Store
 log = logging.getLogger("tidings.delivery")
 
 LEASE = timedelta(minutes=5)
+# How often to look for effects of destinations no longer configured (they are settled as dead).
+OTHERS_EVERY = timedelta(minutes=5)
 
 # Turns an effect as stored into what the destination is given (profile sync renders the
 # profile's current fields here, so a coalesced push carries the freshest values).
 Prepare = Callable[[Effect], Awaitable[Effect | None]]
+
+
+Opened = tuple[str, int, float]  # a circuit this worker opened: destination, failures, seconds
 
 
 async def _as_is(effect: Effect) -> Effect | None:
@@ -81,6 +87,8 @@ class Dispatcher(Loop):
         shared = store.dialect == "postgresql" if shared_budget is None else shared_budget
         self.budgets = SharedBudgets(store, tuning=budget_tuning) if shared else None
         self.limiters: dict[str, Slots] = {name: self._limiter(name, d) for name, d in destinations.items()}
+        self._others: set[str] = set()  # destinations not configured with effects waiting
+        self._others_at: datetime | None = None
         super().__init__()
 
     def _limiter(self, name: str, destination: Destination[Any]) -> Slots:
@@ -97,18 +105,11 @@ class Dispatcher(Loop):
 
     # ------------------------------------------------------------------ one round
 
-    async def _claim(self, limit: int) -> list[outbox.Claimed]:
-        now = self.clock.now()
-        return await self.store.write(
-            lambda conn: outbox.claim(
-                conn, now, limit=limit, lease=LEASE, skip=outbox.paused_destinations(conn, now)
-            )
-        )
-
     async def run_once(self) -> int:
-        """Claim what is due and send it all; return how many effects were settled."""
-        claimed = await self._claim(self.batch_size)
-        await asyncio.gather(*(self._send(c) for c in claimed))
+        """Claim what is due, send it all, settle it in one transaction; return how many."""
+        claimed = await self._transact([], self.batch_size)
+        outcomes = await asyncio.gather(*(self._send(c) for c in claimed))
+        await self._transact(list(outcomes), 0)
         return len(claimed)
 
     async def drain(self) -> None:
@@ -116,54 +117,61 @@ class Dispatcher(Loop):
         while await self.run_once():
             pass
 
-    async def _send(self, claimed: outbox.Claimed) -> None:
+    async def _transact(self, finished: list[Outcome], want: int) -> list[outbox.Claimed]:
+        """One write transaction: settle what finished, then claim up to `want` more."""
+        now = self.clock.now()
+        look_for_others = want > 0 and (self._others_at is None or now - self._others_at >= OTHERS_EVERY)
+
+        def write(conn: Any) -> tuple[list[Opened], list[outbox.Claimed]]:
+            opened = self._write_outcomes(conn, finished, now)
+            if not want:
+                return opened, []
+            if look_for_others:
+                self._others = outbox.waiting_destinations(conn, list(self.destinations))
+            paused = outbox.paused_destinations(conn, now)
+            active = [d for d in (*self.destinations, *sorted(self._others)) if d not in paused]
+            return opened, outbox.claim(conn, now, destinations=active, limit=want, lease=LEASE)
+
+        opened, claimed = await self.store.write(write)
+        if look_for_others:
+            self._others_at = now
+        self._observe(finished, opened, now)
+        return claimed
+
+    async def _send(self, claimed: outbox.Claimed) -> Outcome:
         effect = claimed.effect
         # Every line logged while sending names the effect (key rotation, OAuth, pauses, ...).
         with bound(
             outbox_id=effect.id, destination=effect.destination, effect=effect.action, attempt=effect.attempt
         ):
-            await self._send_bound(claimed)
+            return await self._send_bound(claimed)
 
-    async def _send_bound(self, claimed: outbox.Claimed) -> None:
+    async def _send_bound(self, claimed: outbox.Claimed) -> Outcome:
         effect = claimed.effect
         destination = self.destinations.get(effect.destination)
         if destination is None:
-            await self._settle(effect, "dead", f"destination {effect.destination!r} is not configured")
-            return
+            return Outcome(claimed, "dead", f"destination {effect.destination!r} is not configured")
         if claimed.recovered and effect.action not in destination.idempotent_actions:
             unknown = (
                 "outcome unknown: tidings stopped while sending; not repeated, since "
                 f"{effect.action} is not idempotent at {destination.kind} "
                 "(retry it by hand if it did not arrive)"
             )
-            await self._settle(effect, "dead", unknown)
-            return
+            return Outcome(claimed, "dead", unknown)
         prepared = await self.prepare(effect)
         if prepared is None:
-            await self._settle(
-                effect, "delivered", None, receipt=Receipt(detail={"skipped": "nothing to send"})
-            )
-            return
+            return Outcome(claimed, "delivered", None, receipt=Receipt(detail={"skipped": "nothing to send"}))
         started = time.perf_counter()
         async with self.limiters[effect.destination].slot():
             try:
                 receipt = await destination.deliver(prepared)
             except DeliveryError as exc:
-                await self._failed(effect, destination, exc, time.perf_counter() - started)
-                return
-        latency = time.perf_counter() - started
-        await self._settle(
-            effect,
-            "delivered",
-            None,
-            receipt=receipt,
-            latency=latency,
-            data_occurred_at=claimed.data_occurred_at,
-        )
+                return self._failed(claimed, destination, exc, time.perf_counter() - started)
+        return Outcome(claimed, "delivered", None, receipt=receipt, latency=time.perf_counter() - started)
 
-    async def _failed(
-        self, effect: Effect, destination: Destination[Any], exc: DeliveryError, latency: float
-    ) -> None:
+    def _failed(
+        self, claimed: outbox.Claimed, destination: Destination[Any], exc: DeliveryError, latency: float
+    ) -> Outcome:
         now = self.clock.now()
         if isinstance(exc, DestinationAuthError):
             log.error(
@@ -176,100 +184,83 @@ class Dispatcher(Loop):
                 },
             )
             until = now + timedelta(seconds=self.breaker.auth_pause)
-            await self._settle(
-                effect,
+            return Outcome(
+                claimed,
                 "paused",
                 str(exc),
                 status=exc.status,
                 latency=latency,
-                retry_at=now,
                 pause=(until, f"credentials rejected: {exc}"),
             )
-            return
         if isinstance(exc, PermanentDeliveryError):
-            await self._settle(effect, "dead", str(exc), status=exc.status, latency=latency)
-            return
+            return Outcome(claimed, "dead", str(exc), status=exc.status, latency=latency)
         assert isinstance(exc, RetryableDeliveryError)
-        wait = self.retry.delay(effect.attempt, exc.retry_after)
+        attempt = claimed.effect.attempt
+        wait = self.retry.delay(attempt, exc.retry_after)
         if wait is None:
-            await self._settle(
-                effect,
+            return Outcome(
+                claimed,
                 "dead",
-                f"gave up after {effect.attempt} attempts: {exc}",
+                f"gave up after {attempt} attempts: {exc}",
                 status=exc.status,
                 latency=latency,
                 failure=True,
             )
-            return
-        await self._settle(
-            effect,
-            "retry",
-            str(exc),
-            status=exc.status,
-            latency=latency,
-            retry_at=now + wait,
-            failure=True,
+        return Outcome(
+            claimed, "retry", str(exc), status=exc.status, latency=latency, retry_at=now + wait, failure=True
         )
 
-    async def _settle(
-        self,
-        effect: Effect,
-        outcome: str,
-        error: str | None,
-        *,
-        receipt: Receipt | None = None,
-        status: int | None = None,
-        latency: float | None = None,
-        retry_at: datetime | None = None,
-        failure: bool = False,
-        pause: tuple[datetime, str] | None = None,
-        data_occurred_at: datetime | None = None,
-    ) -> None:
-        now = self.clock.now()
-        destination = effect.destination
-
-        def write(conn: Any) -> None:
-            outbox.record_attempt(
-                conn,
-                effect.id,
-                now=now,
-                request={"action": effect.action, "attempt": effect.attempt},
-                status_code=status if receipt is None else receipt.status_code,
-                latency_ms=None if latency is None else int(latency * 1000),
-                outcome=outcome,
-                error=error,
-            )
-            if outcome == "delivered":
-                outbox.mark_delivered(conn, effect.id, now, receipt.remote_id if receipt else None)
-                outbox.note_success(conn, destination, now)
-            elif outcome == "dead":
-                outbox.mark_dead(conn, effect.id, now, error or "")
-            else:
-                outbox.mark_retry(conn, effect.id, now, retry_at or now, error or "")
-            if pause is not None:
-                outbox.pause(conn, destination, now, pause[0], pause[1])
-            elif failure:
+    def _write_outcomes(self, conn: Any, finished: list[Outcome], now: datetime) -> list[Opened]:
+        """Settle the effects, then keep each destination's circuit breaker (shared by every
+        worker) in order of the outcomes; return the circuits this opened."""
+        outbox.settle(conn, [o.settlement() for o in finished], now)
+        opened: list[Opened] = []
+        reset: set[str] = set()  # destinations whose failure count is zero already in this batch
+        for o in finished:
+            destination = o.claimed.effect.destination
+            if o.result == "delivered":
+                if destination not in reset:
+                    outbox.note_success(conn, destination, now)
+                    reset.add(destination)
+                continue
+            reset.discard(destination)
+            if o.pause is not None:
+                outbox.pause(conn, destination, now, o.pause[0], o.pause[1])
+            elif o.failure:
                 failures = outbox.note_failure(conn, destination, now)
                 wait = self.breaker.pause_for(failures)
                 if wait is not None:
-                    outbox.pause(
-                        conn,
-                        destination,
-                        now,
-                        now + wait,
-                        f"circuit open after {failures} failures",
-                    )
-                    opened.append((failures, wait.total_seconds()))
+                    reason = f"circuit open after {failures} failures"
+                    outbox.pause(conn, destination, now, now + wait, reason)
+                    opened.append((destination, failures, wait.total_seconds()))
+        return opened
 
-        opened: list[tuple[int, float]] = []
-        await self.store.write(write)
-        if outcome == "dead":
-            # The vendor's words stay in the store (`tidings deliveries list`): they may quote an address.
-            log.warning(
-                "delivery is dead",
-                extra={"action": "delivery_dead", "outbox_id": effect.id, "destination": destination},
-            )
-        for failures, seconds in opened:
+    def _observe(self, finished: list[Outcome], opened: list[Opened], now: datetime) -> None:
+        """After the commit: log what needs a person, count the rest."""
+        for o in finished:
+            effect = o.claimed.effect
+            if o.result == "dead":
+                # The vendor's words stay in the store (`tidings deliveries list`): they may quote an
+                # address.
+                log.warning(
+                    "delivery is dead",
+                    extra={
+                        "action": "delivery_dead",
+                        "outbox_id": effect.id,
+                        "destination": effect.destination,
+                        "effect": effect.action,
+                        "attempt": effect.attempt,
+                    },
+                )
+            self.metrics.deliveries.labels(effect.destination, o.result).inc()
+            if o.latency is not None:
+                self.metrics.delivery_seconds.labels(effect.destination).observe(o.latency)
+            occurred = o.claimed.data_occurred_at
+            if o.result == "delivered" and occurred is not None:
+                self.metrics.delivered_data_age.labels(effect.destination).observe(
+                    max(0.0, (now - occurred).total_seconds())
+                )
+        for destination, failures, seconds in opened:
             log.error(
                 "destination paused: the circuit opened after failures in a row",
                 extra={
@@ -280,43 +271,88 @@ class Dispatcher(Loop):
                     "pause_seconds": seconds,
                 },
             )
-        self.metrics.deliveries.labels(destination, outcome).inc()
-        if latency is not None:
-            self.metrics.delivery_seconds.labels(destination).observe(latency)
-        if outcome == "delivered" and data_occurred_at is not None:
-            self.metrics.delivered_data_age.labels(destination).observe(
-                max(0.0, (now - data_occurred_at).total_seconds())
-            )
 
     async def _run(self) -> None:
-        """Keep up to `batch_size` effects in flight, claiming more as each one settles.
+        """Keep up to `batch_size` effects in flight. Whatever finished meanwhile is settled in one
+        transaction, which also claims more when something may be due (a full claim, a wake-up,
+        or the poll's time ran out).
 
-        So a slow destination (5 requests a second) never holds back a fast one, and a destination
-        limited to N connections keeps all N busy instead of waiting for a whole batch to finish.
+        So a slow destination (5 requests a second) never holds back a fast one, a destination
+        limited to N connections keeps all N busy, and under load a transaction settles many
+        effects rather than one.
         """
-        inflight: set[asyncio.Task[None]] = set()
-        while not self._stopping or inflight:
+        inflight: set[asyncio.Task[Outcome]] = set()
+        finished: list[Outcome] = []
+        look, looked = True, time.monotonic()
+        while not self._stopping or inflight or finished:
             self._wake.clear()
+            room = 0 if self._stopping else self.batch_size - len(inflight)
+            want = room if look else 0
             claimed: list[outbox.Claimed] = []
-            if not self._stopping and len(inflight) < self.batch_size:
+            if finished or want:
                 try:
-                    claimed = await self._claim(self.batch_size - len(inflight))
+                    claimed = await self._transact(finished, want)
                 except Exception:
-                    self._log.exception("claiming failed; retrying", extra={"action": "dispatch_failed"})
-            for effect in claimed:
-                inflight.add(asyncio.create_task(self._send(effect), name=f"tidings-send-{effect.effect.id}"))
-            if claimed and len(inflight) < self.batch_size:
-                continue  # there may be more due right now
+                    self._log.exception(
+                        "settling or claiming failed; retrying", extra={"action": "dispatch_failed"}
+                    )
+                    if self._stopping:
+                        return  # what is unsettled is retried when its lease runs out
+                    await asyncio.sleep(min(self.poll, 1.0))
+                    continue
+                finished = []
+                if want:
+                    looked = time.monotonic()
+                look = want > 0 and len(claimed) == want  # a full claim: there may be more due now
+            for c in claimed:
+                inflight.add(asyncio.create_task(self._send(c), name=f"tidings-send-{c.effect.id}"))
+            if look and len(inflight) < self.batch_size:
+                continue
+            if not inflight and self._stopping:
+                return
             waker = asyncio.create_task(self._wake.wait())
             done, _ = await asyncio.wait(
                 {*inflight, waker}, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED
             )
             waker.cancel()
-            for task in done - {waker}:
+            if waker in done or time.monotonic() - looked >= self.poll:
+                look = True  # woken, or a poll's time since the last look: look for due effects
+            for task in [t for t in inflight if t in done]:
                 inflight.discard(task)
-                if not task.cancelled() and task.exception() is not None:
+                if task.cancelled() or task.exception() is not None:
                     self._log.error(
                         "a send failed unexpectedly",
-                        exc_info=task.exception(),
+                        exc_info=None if task.cancelled() else task.exception(),
                         extra={"action": "send_failed"},
                     )
+                else:
+                    finished.append(task.result())
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, decided by `_send`, written by the next transaction."""
+
+    claimed: outbox.Claimed
+    result: str  # delivered | retry | dead | paused
+    error: str | None
+    receipt: Receipt | None = None
+    status: int | None = None
+    latency: float | None = None
+    retry_at: datetime | None = None
+    failure: bool = False  # counts towards opening the circuit
+    pause: tuple[datetime, str] | None = None  # hold the destination back until, and why
+
+    def settlement(self) -> outbox.Settlement:
+        effect = self.claimed.effect
+        return outbox.Settlement(
+            effect_id=effect.id,
+            action=effect.action,
+            attempt=effect.attempt,
+            outcome=self.result,
+            error=self.error,
+            status_code=self.status if self.receipt is None else self.receipt.status_code,
+            latency_ms=None if self.latency is None else int(self.latency * 1000),
+            remote_id=None if self.receipt is None else self.receipt.remote_id,
+            retry_at=self.retry_at,
+        )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Integer, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.delivery.effects import UPSERT_CONTACT, Effect
@@ -87,32 +88,31 @@ class Claimed:
 
 
 def paused_destinations(conn: Connection, now: datetime) -> set[str]:
-    rows = conn.execute(select(destination_state.c.destination).where(destination_state.c.paused_until > now))
-    return set(rows.scalars())
+    return set(conn.execute(_PAUSED, {"now": now}).scalars())
 
 
-def claim(conn: Connection, now: datetime, *, limit: int, lease: timedelta, skip: set[str]) -> list[Claimed]:
-    """Due effects (and any whose lease ran out), marked in flight until `now + lease`."""
-    due = or_(
-        and_(outbox.c.status == PENDING, outbox.c.next_attempt_at <= now),
-        and_(outbox.c.status == IN_FLIGHT, outbox.c.lease_until < now),
-    )
-    stmt = select(outbox).where(due)
-    if skip:
-        stmt = stmt.where(outbox.c.destination.not_in(sorted(skip)))
-    rows = conn.execute(stmt.order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+def claim(
+    conn: Connection, now: datetime, *, destinations: Sequence[str], limit: int, lease: timedelta
+) -> list[Claimed]:
+    """Up to `limit` due effects of these destinations (and any whose lease ran out), marked in
+    flight until `now + lease`.
+
+    Each destination is read on its own, in due order, from the (destination, status,
+    next_attempt_at) index: a destination left out (paused) costs nothing however long its
+    backlog, and a big backlog of one destination does not hold back the others, which share
+    `limit` in turn.
+    """
+    if not destinations or limit <= 0:
+        return []
+    lapsed = conn.execute(_LAPSED, {"now": now, "destinations": list(destinations), "limit": limit}).all()
+    queues = [conn.execute(_DUE, {"destination": d, "now": now, "limit": limit}).all() for d in destinations]
+    rows = list(lapsed[:limit])
+    for turn in zip_longest(*queues):
+        rows.extend(r for r in turn if r is not None)
+    rows = rows[:limit]
     if not rows:
         return []
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id.in_([r.id for r in rows]))
-        .values(
-            status=IN_FLIGHT,
-            lease_until=now + lease,
-            attempts=outbox.c.attempts + 1,
-            updated_at=now,
-        )
-    )
+    conn.execute(_TAKE, {"ids": [r.id for r in rows], "until": now + lease, "now": now})
     return [
         Claimed(
             Effect(
@@ -130,60 +130,121 @@ def claim(conn: Connection, now: datetime, *, limit: int, lease: timedelta, skip
     ]
 
 
-def record_attempt(
-    conn: Connection,
-    effect_id: int,
-    *,
-    now: datetime,
-    request: dict[str, Any],
-    status_code: int | None,
-    latency_ms: int | None,
-    outcome: str,
-    error: str | None,
-) -> None:
+def waiting_destinations(conn: Connection, configured: Sequence[str]) -> set[str]:
+    """Destinations other than `configured` with effects still to send (removed from the config)."""
+    stmt = (
+        select(outbox.c.destination)
+        .where(outbox.c.status.in_([PENDING, IN_FLIGHT]), outbox.c.destination.not_in(list(configured)))
+        .distinct()
+    )
+    return set(conn.execute(stmt).scalars())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settlement:
+    """How one attempt at an effect ended: `delivered`, `retry` (pending again at `retry_at`),
+    `dead`, or `paused` (pending again, held back with its destination)."""
+
+    effect_id: int
+    action: str
+    attempt: int
+    outcome: str
+    error: str | None = None
+    status_code: int | None = None
+    latency_ms: int | None = None
+    remote_id: str | None = None
+    retry_at: datetime | None = None
+
+
+def settle(conn: Connection, settlements: Sequence[Settlement], now: datetime) -> None:
+    """Record the attempts and the effects' new state: two statements, however many settled."""
+    if not settlements:
+        return
     conn.execute(
         insert(delivery_attempts),
-        {
-            "outbox_id": effect_id,
-            "at": now,
-            "request": request,
-            "status_code": status_code,
-            "latency_ms": latency_ms,
-            "outcome": outcome,
-            "error": error,
-        },
+        [
+            {
+                "outbox_id": s.effect_id,
+                "at": now,
+                "request": {"action": s.action, "attempt": s.attempt},
+                "status_code": s.status_code,
+                "latency_ms": s.latency_ms,
+                "outcome": s.outcome,
+                "error": s.error,
+            }
+            for s in settlements
+        ],
     )
-
-
-def mark_delivered(conn: Connection, effect_id: int, now: datetime, remote_id: str | None) -> None:
     conn.execute(
-        update(outbox)
-        .where(outbox.c.id == effect_id)
-        .values(
-            status=DELIVERED,
-            delivered_at=now,
-            remote_id=remote_id,
-            lease_until=None,
-            last_error=None,
-            updated_at=now,
-        )
+        _SETTLE,
+        [
+            {
+                "_id": s.effect_id,
+                "_status": _STATUS_AFTER[s.outcome],
+                "_delivered_at": now if s.outcome == "delivered" else None,
+                "_remote_id": s.remote_id,
+                "_next": s.retry_at or now if _STATUS_AFTER[s.outcome] == PENDING else None,
+                "_error": s.error,
+                "_now": now,
+            }
+            for s in settlements
+        ],
     )
 
 
-def mark_retry(conn: Connection, effect_id: int, now: datetime, at: datetime, error: str) -> None:
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id == effect_id)
-        .values(status=PENDING, next_attempt_at=at, lease_until=None, last_error=error, updated_at=now)
-    )
+_STATUS_AFTER = {"delivered": DELIVERED, "retry": PENDING, "paused": PENDING, "dead": DEAD}
 
-
-def mark_dead(conn: Connection, effect_id: int, now: datetime, error: str) -> None:
-    conn.execute(
-        update(outbox)
-        .where(outbox.c.id == effect_id)
-        .values(status=DEAD, lease_until=None, last_error=error, updated_at=now)
+_NOW = bindparam("now", type_=outbox.c.next_attempt_at.type)
+_PAUSED = select(destination_state.c.destination).where(
+    destination_state.c.paused_until > bindparam("now", type_=destination_state.c.paused_until.type)
+)
+_DUE = (
+    select(outbox)
+    .where(
+        outbox.c.destination == bindparam("destination"),
+        outbox.c.status == PENDING,
+        outbox.c.next_attempt_at <= _NOW,
     )
+    .order_by(outbox.c.next_attempt_at)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_LAPSED = (
+    select(outbox)
+    .where(
+        outbox.c.status == IN_FLIGHT,
+        outbox.c.lease_until < _NOW,
+        outbox.c.destination.in_(bindparam("destinations", expanding=True)),
+    )
+    .order_by(outbox.c.id)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_TAKE = (
+    update(outbox)
+    .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=IN_FLIGHT,
+        lease_until=bindparam("until", type_=outbox.c.lease_until.type),
+        attempts=outbox.c.attempts + 1,
+        updated_at=_NOW,
+    )
+)
+_SETTLE = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("_id"))
+    .values(
+        status=bindparam("_status"),
+        delivered_at=bindparam("_delivered_at", type_=outbox.c.delivered_at.type),
+        remote_id=bindparam("_remote_id"),
+        next_attempt_at=func.coalesce(
+            bindparam("_next", type_=outbox.c.next_attempt_at.type), outbox.c.next_attempt_at
+        ),
+        lease_until=None,
+        last_error=bindparam("_error"),
+        updated_at=bindparam("_now", type_=outbox.c.updated_at.type),
+    )
+)
 
 
 def note_failure(conn: Connection, destination: str, now: datetime) -> int:

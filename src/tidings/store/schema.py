@@ -196,7 +196,7 @@ outbox = Table(
     Column("remote_id", String(200)),
     Column("last_error", Text),
     Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
-    Index("ix_outbox_destination_status", "destination", "status"),
+    Index("ix_outbox_destination_status_next_attempt_at", "destination", "status", "next_attempt_at"),
     Index(
         "uq_outbox_pending_coalesce_key",
         "coalesce_key",
