@@ -216,6 +216,22 @@ async def test_a_purchase_that_reached_tidings_before_its_checkout_still_counts(
     assert "found before sending" in run.end_reason
 
 
+async def test_purchases_are_read_for_a_whole_round_of_customers_at_once(shop, clock) -> None:
+    """One round fires many customers' runs: each sees its own history, no one else's."""
+    s = await shop(config())
+    for n in range(6):
+        await s.customer(f"u{n}", f"c{n}@example.com")
+    started = clock.now()
+    for n in range(6):
+        await s.checkout(f"u{n}", f"c{n}", at=started)
+    clock.advance(timedelta(minutes=5))
+    for n in (1, 4):
+        await s.order(f"u{n}", f"c{n}")
+    await s.wait(30)
+    sent = sorted(x.payload["email"] for x in sends(s.tidings))
+    assert sent == ["c0@example.com", "c2@example.com", "c3@example.com", "c5@example.com"]
+
+
 async def test_a_purchase_of_another_cart_does_not_end_this_one(shop) -> None:
     s = await shop(config())
     await s.customer("u1", "ann@example.com")

@@ -45,6 +45,10 @@ class FlowCatalog:
                 .on_conflict_do_nothing()
             )
 
+    def exit_names(self) -> set[str]:
+        """The events that end runs, in every version loaded so far."""
+        return {n for flow in self._known.values() for match in flow.exit_on for n in match.names}
+
     def resolve(self, conn: Connection, name: str, version: str) -> tuple[Flow, str] | None:
         """The definition a run on (`name`, `version`) follows now, and that version; None if the
         flow was removed from the config."""

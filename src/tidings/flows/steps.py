@@ -15,10 +15,10 @@ else the profile's cart traits).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, is_dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from tidings.configmodel import format_duration
 from tidings.delivery import outbox
@@ -38,6 +38,23 @@ from tidings.store.schema import events, flow_steps
 from tidings.templating import TemplateProblem, render_data
 
 MAX_STEPS = 100  # per firing; a loop always passes a wait (checked with the config)
+
+_EXIT_EVENTS = (
+    select(
+        events.c.id,
+        events.c.profile_id,
+        events.c.name,
+        events.c.properties,
+        events.c.occurred_at,
+        events.c.source,
+    )
+    .where(
+        events.c.profile_id.in_(bindparam("pids", expanding=True)),
+        events.c.name.in_(bindparam("names", expanding=True)),
+        events.c.occurred_at >= bindparam("since", type_=events.c.occurred_at.type),
+    )
+    .order_by(events.c.occurred_at)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,9 @@ class Executor:
         self._sends: list[dict[str, Any]] = []
         self._profiles: dict[int, dict[str, Any]] = {}
         self._now: datetime | None = None
+        self._round: list[runs.Run] = []
+        # The round's customers' exit events, read once: (since, names, rows by profile).
+        self._exit_rows: tuple[datetime, set[str], dict[int, list[Any]]] | None = None
 
     def begin(self, conn: Connection, batch: list[runs.Run], now: datetime) -> None:
         """A round: read the customers of `batch` at once; journals and sends are written by
@@ -75,6 +95,8 @@ class Executor:
         self._sends = []
         self._now = now
         self._profiles = profile_docs(conn, {run.profile_id for run in batch})
+        self._round = batch
+        self._exit_rows = None
 
     def finish(self, conn: Connection) -> None:
         self.journal.flush(conn)
@@ -82,6 +104,7 @@ class Executor:
             outbox.enqueue_many(conn, self._sends, self._now)
         self._sends = []
         self._profiles = {}
+        self._round, self._exit_rows = [], None
 
     def writes_at_once(self, run: runs.Run) -> bool:
         """Whether running `run` may write before the round ends (an `update_profile` step)."""
@@ -373,21 +396,36 @@ class Executor:
         if not names:
             return None
         first = datetime.fromisoformat(run.context["first_occurred_at"]) - SKEW
-        rows = conn.execute(
-            select(events.c.id, events.c.name, events.c.properties, events.c.occurred_at, events.c.source)
-            .where(
-                events.c.profile_id == run.profile_id,
-                events.c.name.in_(sorted(names)),
-                events.c.occurred_at >= first,
-            )
-            .order_by(events.c.occurred_at)
-        )
-        for r in rows:
+        for r in self._history(conn, run.profile_id, names, first):
             doc = event_doc(r.name, r.properties, r.occurred_at, r.source, r.id)
             ctx = {"event": doc, "profile": profile, "run": run.doc()}
             if any(r.name in m.names and holds(m.when, ctx) for m in flow.exit_on):
                 return f"exit event {r.name!r} (occurred {doc['occurred_at']}) found before sending"
         return None
+
+    def _history(self, conn: Connection, pid: int, names: set[str], since: datetime) -> list[Any]:
+        """The customer's events named `names` since `since`, oldest first. The round's customers
+        are read at once, at the first need; a run the round's read does not cover (its profile
+        merged since, a flow version not loaded then) is read on its own."""
+        if self._exit_rows is None:
+            self._exit_rows = self._read_history(conn)
+        known, covered, by_profile = self._exit_rows
+        if pid in by_profile and names <= covered and since >= known:
+            return [r for r in by_profile[pid] if r.name in names and r.occurred_at >= since]
+        params = {"pids": [pid], "names": sorted(names), "since": since}
+        return list(conn.execute(_EXIT_EVENTS, params))
+
+    def _read_history(self, conn: Connection) -> tuple[datetime, set[str], dict[int, list[Any]]]:
+        names = self.catalog.exit_names()
+        firsts = [r.context.get("first_occurred_at") for r in self._round]
+        if not names or not all(firsts):
+            return datetime.max.replace(tzinfo=UTC), set(), {}
+        since = min(datetime.fromisoformat(str(f)) for f in firsts) - SKEW
+        by_profile: dict[int, list[Any]] = {r.profile_id: [] for r in self._round}
+        params = {"pids": sorted(by_profile), "names": sorted(names), "since": since}
+        for row in conn.execute(_EXIT_EVENTS, params):
+            by_profile[row.profile_id].append(row)
+        return since, names, by_profile
 
     def _wait(self, run: runs.Run, step_id: str, due: datetime) -> None:
         run.context = {**run.context, "waiting": step_id, "matched": None}
