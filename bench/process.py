@@ -15,7 +15,14 @@ Two measurements, each run --runs times and reported as the median:
    processing transaction started; the `tidings_event_processing_delay_seconds` histogram is
    observed after the commit, so its interpolated p50/p99 are reported beside (target: p99 < 50 ms).
 
+3. flows: --flow-events Shopify `checkouts/create` webhooks (bench/e2e.py's payload, one checkout
+   token each, over --flow-customers customers) are stored through the Shopify receiver and
+   `commit_batch`, with bench/e2e.py's flow (trigger `Checkout Started`, run key the checkout
+   token, one `send` step); `Processor.drain()` is timed in CPU (time.process_time) and its SQL
+   statements counted, at each --flow-batch size (the live server sees small batches).
+
     .venv/bin/python bench/process.py --runs 3
+    .venv/bin/python bench/process.py --phases flows --runs 3
 """
 
 from __future__ import annotations
@@ -156,6 +163,87 @@ async def drain_once(workdir: Path, events: int, customers: int) -> dict[str, An
         "drain_s": round(elapsed, 3),
         "events_per_s": round(events / elapsed, 1),
         "cpu_s": round(cpu, 3),
+        **seen,
+    }
+
+
+# --------------------------------------------------------------------------- 3. flows
+
+SHOP_SECRET = "bench-shopify-client-secret-not-a-real-one"
+
+
+def flows_config_yaml(db: Path) -> str:
+    """bench/e2e.py's source, destination and flow (the destination is never called here)."""
+    import e2e
+
+    text = e2e.config_yaml(db, 1, "http://127.0.0.1:9")
+    return text.replace("server:\n  listen: 127.0.0.1:1\n", "")
+
+
+async def flows_once(workdir: Path, events: int, customers: int, batch_size: int) -> dict[str, Any]:
+    from sqlalchemy import event, func, select
+
+    import e2e
+    from tidings.app import Tidings
+    from tidings.config import parse_settings
+    from tidings.ingest.base import InboundRequest
+    from tidings.store.inbox import Submission, commit_batch
+    from tidings.store.schema import flow_runs, flow_steps, inbox
+
+    db = workdir / "tidings.db"
+    settings = parse_settings(flows_config_yaml(db), "bench.yaml", {})
+    async with Tidings(settings, process=False) as tidings:
+        receiver = tidings.receivers[e2e.SOURCE]
+        for first in range(0, events, 500):
+            batch = []
+            for n in range(first, min(first + 500, events)):
+                _, body, headers = e2e.shopify_request(n, "flow", customers)
+                request = InboundRequest(
+                    source=e2e.SOURCE,
+                    method="POST",
+                    url=f"http://127.0.0.1/hooks/{e2e.SOURCE}",
+                    headers=headers,
+                    body=body,
+                    received_at=datetime.now(UTC),
+                )
+                batch.append(Submission(request, receiver.receive(request)))
+            now, window = datetime.now(UTC), settings.storage.dedupe_window
+            tidings.store.write_sync(
+                functools.partial(commit_batch, batch=batch, now=now, dedupe_window=window)
+            )
+        statements = 0
+
+        def count(*_: Any) -> None:
+            nonlocal statements
+            statements += 1
+
+        tidings.processor.batch_size = batch_size
+        event.listen(tidings.store.engine, "before_cursor_execute", count)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await tidings.processor.drain()
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        event.remove(tidings.store.engine, "before_cursor_execute", count)
+
+        def counts(conn: Any) -> dict[str, Any]:
+            statuses = dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())
+            return {
+                "inbox": {k: int(v) for k, v in statuses.items()},
+                "runs": conn.execute(select(func.count()).select_from(flow_runs)).scalar_one(),
+                "journal": conn.execute(select(func.count()).select_from(flow_steps)).scalar_one(),
+            }
+
+        seen = tidings.store.read_sync(counts)
+    if seen["inbox"] != {"processed": events} or seen["runs"] != events:
+        raise RuntimeError(f"not every stored checkout started a run: {seen}")
+    return {
+        "events": events,
+        "batch_size": batch_size,
+        "drain_s": round(elapsed, 3),
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_event": round(1000 * cpu / events, 4),
+        "statements": statements,
+        "statements_per_event": round(statements / events, 3),
         **seen,
     }
 
@@ -341,6 +429,22 @@ def report(doc: dict[str, Any]) -> str:
             + ")",
             "",
         ]
+    if doc.get("flows"):
+        lines += [
+            f"flows: {doc['settings']['flow_events']:,} Shopify checkouts, each starting a run "
+            f"(median of {doc['settings']['runs']}):",
+            "",
+            "| batch size | CPU ms per event | statements per event | runs (CPU ms per event) |",
+            "|---|---|---|---|",
+        ]
+        for size, f in doc["summary"]["flows"].items():
+            runs = ", ".join(
+                f"{r['cpu_ms_per_event']:.3f}" for r in doc["flows"] if str(r["batch_size"]) == size
+            )
+            lines.append(
+                f"| {size} | **{f['cpu_ms_per_event']:.3f}** | {f['statements_per_event']:.2f} | {runs} |"
+            )
+        lines.append("")
     if doc["steady"]:
         s = doc["summary"]["steady"]
         lines += [
@@ -375,10 +479,15 @@ def quiet(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phases", default="drain,steady", help="comma-separated: drain, steady")
+    p.add_argument("--phases", default="drain,steady", help="comma-separated: drain, steady, flows")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--events", type=int, default=20_000, help="stored calls drained per run")
     p.add_argument("--customers", type=int, default=2_000)
+    p.add_argument("--flow-events", type=int, default=5_000, help="stored checkouts per flows run")
+    p.add_argument("--flow-customers", type=int, default=5_000)
+    p.add_argument(
+        "--flow-batch", default="10,100,500", help="comma-separated processor batch sizes (flows phase)"
+    )
     p.add_argument("--rate", type=float, default=1_000.0, help="calls/s in the steady phase")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per steady run")
     p.add_argument("--warmup", type=float, default=5.0)
@@ -403,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tidings-process-", dir=args.workdir))
     drains: list[dict[str, Any]] = []
     steadies: list[dict[str, Any]] = []
+    flows: list[dict[str, Any]] = []
     try:
         for rnd in range(1, args.runs + 1):
             if "drain" in phases:
@@ -414,6 +524,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"drain {rnd}: {r['events_per_s']:,.0f} events/s "
                     f"({r['drain_s']} s, {r['profiles']} profiles)"
+                )
+                shutil.rmtree(work, ignore_errors=True)
+            for size in [int(b) for b in args.flow_batch.split(",")] if "flows" in phases else []:
+                work = root / f"flows-{rnd}-{size}"
+                work.mkdir()
+                quiet(args)
+                f = asyncio.run(flows_once(work, args.flow_events, args.flow_customers, size))
+                flows.append(f)
+                print(
+                    f"flows {rnd}, batch {size}: {f['cpu_ms_per_event']:.3f} ms CPU and "
+                    f"{f['statements_per_event']:.2f} statements per event ({f['runs']} runs)"
                 )
                 shutil.rmtree(work, ignore_errors=True)
             if "steady" in phases:
@@ -434,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {}
     if drains:
         summary["drain"] = {"events_per_s": med([r["events_per_s"] for r in drains])}
+    if flows:
+        summary["flows"] = {
+            str(size): {
+                key: med([f[key] for f in flows if f["batch_size"] == size])
+                for key in ("cpu_ms_per_event", "statements_per_event")
+            }
+            for size in sorted({f["batch_size"] for f in flows})
+        }
     if steadies:
         summary["steady"] = {
             **{k: med([r["delay_ms"][k] for r in steadies]) for k in ("p50", "p90", "p99", "p99.9")},
@@ -452,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "drain": drains,
         "steady": steadies,
+        "flows": flows,
         "summary": summary,
     }
     args.out.mkdir(parents=True, exist_ok=True)
