@@ -26,7 +26,7 @@ from tidings.delivery.effects import UPSERT_CONTACT
 from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
 from tidings.flows.catalog import FlowCatalog
-from tidings.flows.triggers import AppliedEvent, FlowTriggers
+from tidings.flows.triggers import AppliedEvent, FlowTriggers, profile_doc
 from tidings.loop import Loop
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
 from tidings.metrics import Metrics
@@ -41,6 +41,15 @@ RETRIES = 5
 # After a wake-up, wait this long so that several group commits are processed in one transaction,
 # rather than one processing transaction competing with every commit for the writer.
 LINGER_SECONDS = 0.005
+
+
+# Built once: the live server runs small batches, where building statements cost as much as running them.
+_SETTLE = (
+    update(inbox)
+    .where(inbox.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status=bindparam("_status"), error=bindparam("_error"))
+)
+_PENDING = select(inbox.c.id).where(inbox.c.status == "pending").limit(1)
 
 
 def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> list[AppliedEvent]:
@@ -142,17 +151,28 @@ class Processor(Loop):
         ]
         self._enqueue_syncs(conn, writer.touched, {a.profile_id for a in first_time}, now)
         # Flows see each event once: a replay of a stored event starts and ends nothing.
-        self.runs_due += self.flows.on_events(conn, first_time, now)
+        self.runs_due += self.flows.on_events(conn, first_time, now, self._profile_docs(writer, first_time))
         applied = []
         for event in ordered:
             if event.inbox_id not in outcome:
                 outcome[event.inbox_id] = ("processed", None)
                 applied.append(Applied(event.source, event.occurred_at, event.received_at))
-        for status in ("processed", "unmapped", "failed"):
-            for error in {e for s, e in outcome.values() if s == status}:
-                ids = [i for i, (s, e) in outcome.items() if s == status and e == error]
-                conn.execute(update(inbox).where(inbox.c.id.in_(ids)).values(status=status, error=error))
+        settled: dict[tuple[str, str | None], list[int]] = {}
+        for inbox_id, result in outcome.items():
+            settled.setdefault(result, []).append(inbox_id)
+        for (status, error), ids in settled.items():
+            conn.execute(_SETTLE, {"ids": ids, "_status": status, "_error": error})
         return applied
+
+    @staticmethod
+    def _profile_docs(writer: ProfileWriter, done: list[AppliedEvent]) -> dict[int, dict[str, Any]]:
+        """The profiles flows see, from the batch's own (flushed) copies: not read again."""
+        docs = {}
+        for pid in {a.profile_id for a in done}:
+            profile = writer.loaded(pid)
+            if profile is not None:
+                docs[pid] = profile_doc(pid, profile.traits, profile.consent)
+        return docs
 
     def _enqueue_syncs(
         self, conn: Connection, touched: Mapping[int, datetime], live: set[int], now: datetime
@@ -276,9 +296,7 @@ class Processor(Loop):
 
     @staticmethod
     def _pending_exists(conn: Connection) -> bool:
-        return (
-            conn.execute(select(inbox.c.id).where(inbox.c.status == "pending").limit(1)).first() is not None
-        )
+        return conn.execute(_PENDING).first() is not None
 
     def _observe(self, applied: list[Applied]) -> None:
         if applied:

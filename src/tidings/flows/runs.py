@@ -7,12 +7,12 @@ settles nothing, and a timer fires once whatever the delay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, Integer, Update, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.store.schema import flow_runs
@@ -89,54 +89,61 @@ def active_for_profiles(conn: Connection, pids: Iterable[int]) -> list[Run]:
     return [Run.from_row(r) for r in rows]
 
 
-def start(
-    conn: Connection,
-    *,
-    flow: str,
-    version: str,
-    key: str,
-    profile_id: int,
-    step: str,
-    context: dict[str, Any],
-    now: datetime,
-) -> int | None:
-    """A new active run, due now; None if one is already active for (flow, key)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(flow_runs)
-        .values(
-            flow=flow,
-            version=version,
-            run_key=key,
-            active_key=key,
-            profile_id=profile_id,
-            status=ACTIVE,
-            step=step,
-            due_at=now,
-            wake="start",
-            claim=0,
-            visits=0,
-            context=context,
-            started_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing()
-        .returning(flow_runs.c.id)
-    )
-    found = conn.execute(stmt).scalar()
-    return int(found) if found is not None else None
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """A run an event starts (see `start`)."""
+
+    flow: str
+    version: str
+    key: str
+    profile_id: int
+    step: str
+    context: dict[str, Any]
+
+
+def start(conn: Connection, new: Sequence[NewRun], now: datetime) -> dict[tuple[str, str], int]:
+    """New active runs, due now, in one statement: the ids of those started, by (flow, key).
+
+    A run is not started if one is already active for its (flow, key): the unique index decides,
+    against another processor's runs too. Of several with one (flow, key), the first is started.
+    """
+    if not new:
+        return {}
+    stmt = _START_PG if conn.dialect.name == "postgresql" else _START_SQLITE
+    params = [
+        {
+            "flow": n.flow,
+            "version": n.version,
+            "run_key": n.key,
+            "active_key": n.key,
+            "profile_id": n.profile_id,
+            "status": ACTIVE,
+            "step": n.step,
+            "due_at": now,
+            "wake": "start",
+            "claim": 0,
+            "visits": 0,
+            "context": n.context,
+            "started_at": now,
+            "updated_at": now,
+        }
+        for n in new
+    ]
+    return {(r.flow, r.active_key): int(r.id) for r in conn.execute(stmt, params)}
 
 
 def active_run(conn: Connection, flow: str, key: str) -> Run | None:
-    row = conn.execute(
-        select(flow_runs).where(flow_runs.c.flow == flow, flow_runs.c.active_key == key)
-    ).first()
+    """The active run of (flow, key), locked on PostgreSQL (its caller changes it)."""
+    stmt = _ACTIVE_RUN_LOCKED if conn.dialect.name == "postgresql" else _ACTIVE_RUN
+    row = conn.execute(stmt, {"flow": flow, "key": key}).first()
     return Run.from_row(row) if row is not None else None
 
 
-def ever_ran(conn: Connection, flow: str, key: str) -> bool:
-    stmt = select(flow_runs.c.id).where(flow_runs.c.flow == flow, flow_runs.c.run_key == key).limit(1)
-    return conn.execute(stmt).first() is not None
+def ever_ran(conn: Connection, flow: str, keys: Collection[str]) -> set[str]:
+    """Those of `keys` that had a run of `flow`, active or ended."""
+    if not keys:
+        return set()
+    return set(conn.execute(_EVER_RAN, {"flow": flow, "keys": sorted(keys)}).scalars())
 
 
 def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None, bump: bool = False) -> bool:
@@ -145,29 +152,38 @@ def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None,
     `bump` (a change made by an event) voids any claim a runner holds on it: what that runner
     decided was decided on the old state.
     """
-    stmt = update(flow_runs).where(flow_runs.c.id == run.id)
-    if claim is not None:
-        stmt = stmt.where(flow_runs.c.claim == claim)
-    if bump:
-        stmt = stmt.values(claim=flow_runs.c.claim + 1)
-    done = conn.execute(
-        stmt.values(
-            status=run.status,
-            active_key=run.run_key if run.status == ACTIVE else None,
-            profile_id=run.profile_id,
-            version=run.version,
-            step=run.step,
-            due_at=run.due_at,
-            wake=run.wake,
-            visits=run.visits,
-            context=run.context,
-            updated_at=now,
-            ended_at=run.ended_at,
-            end_reason=run.end_reason,
-        )
-    ).rowcount
+    params = _state(run, now) if claim is None else {**_state(run, now), "_claim": claim}
+    done = conn.execute(_SAVE[(claim is not None, bump)], params).rowcount
     run.dirty = False
     return bool(done)
+
+
+def save_bumped(conn: Connection, changed: Sequence[Run], now: datetime) -> None:
+    """`save(..., bump=True)` for many runs, in one statement (runs events changed)."""
+    if not changed:
+        return
+    conn.execute(_SAVE[(False, True)], [_state(run, now) for run in changed])
+    for run in changed:
+        run.dirty = False
+
+
+def _state(run: Run, now: datetime) -> dict[str, Any]:
+    """The parameters of `_SAVE` (what a save writes)."""
+    return {
+        "_id": run.id,
+        "_status": run.status,
+        "_active_key": run.run_key if run.status == ACTIVE else None,
+        "_profile_id": run.profile_id,
+        "_version": run.version,
+        "_step": run.step,
+        "_due_at": run.due_at,
+        "_wake": run.wake,
+        "_visits": run.visits,
+        "_context": run.context,
+        "_updated_at": now,
+        "_ended_at": run.ended_at,
+        "_end_reason": run.end_reason,
+    }
 
 
 def save_all(conn: Connection, runs: list[Run], now: datetime) -> None:
@@ -275,6 +291,38 @@ _PUSH = (
     .where(flow_runs.c.id.in_(bindparam("ids", expanding=True)))
     .values(due_at=bindparam("until", type_=flow_runs.c.due_at.type), claim=flow_runs.c.claim + 1)
 )
+
+# Built once, like the runner's: the processor starts runs and saves them in every batch.
+_START_SQLITE, _START_PG = (
+    dialect.insert(flow_runs)
+    .on_conflict_do_nothing()
+    .returning(flow_runs.c.id, flow_runs.c.flow, flow_runs.c.active_key)
+    for dialect in (sqlite, postgresql)
+)
+_ACTIVE_RUN = select(flow_runs).where(
+    flow_runs.c.flow == bindparam("flow"), flow_runs.c.active_key == bindparam("key")
+)
+_ACTIVE_RUN_LOCKED = _ACTIVE_RUN.with_for_update()
+_EVER_RAN = (
+    select(flow_runs.c.run_key)
+    .distinct()
+    .where(flow_runs.c.flow == bindparam("flow"), flow_runs.c.run_key.in_(bindparam("keys", expanding=True)))
+)
+
+
+def _save_statement(checked: bool, bump: bool) -> Update:
+    stmt = _SAVE_ALL
+    if checked:
+        stmt = stmt.where(flow_runs.c.claim == bindparam("_claim", type_=Integer))
+    if bump:
+        stmt = stmt.values(claim=flow_runs.c.claim + 1)
+    return stmt
+
+
+# By (checked against a claim, bumping the claim).
+_SAVE = {
+    (checked, bump): _save_statement(checked, bump) for checked in (False, True) for bump in (False, True)
+}
 
 _ACTIVE_FOR = (
     select(flow_runs)

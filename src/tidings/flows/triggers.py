@@ -11,12 +11,12 @@ In these conditions `event` is the incoming event, `run.trigger` the run's trigg
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from tidings.events import CustomerEvent
 from tidings.flows import runs
@@ -41,38 +41,70 @@ class AppliedEvent:
     event_id: int
 
 
+@dataclass(slots=True)
+class _Start:
+    """A run an event triggers: started if its (flow, key) has no active run (`run_id` set)."""
+
+    new: runs.NewRun
+    run_id: int | None = None
+
+
 class FlowTriggers:
     def __init__(self, catalog: FlowCatalog, metrics: Metrics) -> None:
         self.catalog = catalog
         self.metrics = metrics
 
-    def on_events(self, conn: Connection, applied: Sequence[AppliedEvent], now: datetime) -> int:
-        """Start, wake, refresh or end runs for these events; return how many runs became due."""
+    def on_events(
+        self,
+        conn: Connection,
+        applied: Sequence[AppliedEvent],
+        now: datetime,
+        profiles: Mapping[int, dict[str, Any]] | None = None,
+    ) -> int:
+        """Start, wake, refresh or end runs for these events; return how many runs became due.
+
+        `profiles`: the documents (`profile_doc`) of profiles the caller has as they are now; the
+        others are read.
+        """
         if not self.catalog or not applied:
             return 0
         pids = {a.profile_id for a in applied}
         active: dict[int, list[runs.Run]] = {}
         for run in runs.active_for_profiles(conn, pids):
             active.setdefault(run.profile_id, []).append(run)
-        docs = _profile_docs(conn, pids)
+        docs = {pid: profiles[pid] for pid in pids if profiles is not None and pid in profiles}
+        if len(docs) < len(pids):
+            docs.update(_profile_docs(conn, pids - docs.keys()))
+        seen = [
+            (
+                a,
+                event_doc(a.event.name, a.event.properties, a.event.occurred_at, a.event.source, a.event_id),
+                docs.get(a.profile_id, {"id": a.profile_id, "traits": {}, "consent": {}}),
+            )
+            for a in applied
+        ]
+        starts = self._start(conn, seen, now)
+        # The run each active (flow, key) has, once read: a refresh changes that one object.
+        by_key = {(r.flow, r.run_key): r for rs in active.values() for r in rs if r.status == runs.ACTIVE}
+        others: list[runs.Run] = []  # active runs of other customers that events refreshed
         journal = Journal()
         due = 0
-        for a in applied:
-            doc = event_doc(a.event.name, a.event.properties, a.event.occurred_at, a.event.source, a.event_id)
-            profile = docs.get(a.profile_id, {"id": a.profile_id, "traits": {}, "consent": {}})
+        for i, (a, doc, profile) in enumerate(seen):
             for run in active.get(a.profile_id, []):
                 if run.status == runs.ACTIVE:
                     due += self._touch(conn, journal, run, a.event, doc, profile, now)
-            for name, flow in self.catalog.current.items():
-                if a.event.name in flow.trigger.names:
-                    started = self._trigger(conn, journal, name, flow, a, doc, profile, now)
-                    if started is not None:
-                        active.setdefault(a.profile_id, []).append(started)
-                        due += 1
-        for run_list in active.values():
-            for run in run_list:
-                if run.dirty:
-                    runs.save(conn, run, now, bump=True)
+            for name in self.catalog.current:
+                start = starts.get((i, name))
+                if start is None:
+                    continue
+                if start.run_id is None:  # already active (another customer's, or earlier in this batch)
+                    self._refresh(conn, by_key, others, start.new, doc)
+                    continue
+                run = self._started(journal, start.new, start.run_id, a, doc, now)
+                active.setdefault(a.profile_id, []).append(run)
+                by_key[(name, run.run_key)] = run
+                due += 1
+        runs.save_bumped(conn, [r for rs in [*active.values(), others] for r in rs if r.dirty], now)
         journal.flush(conn)
         return due
 
@@ -124,19 +156,86 @@ class FlowTriggers:
                 run.dirty = True
         return 0
 
+    @staticmethod
+    def _refresh(
+        conn: Connection,
+        by_key: dict[tuple[str, str], runs.Run],
+        others: list[runs.Run],
+        new: runs.NewRun,
+        doc: dict[str, Any],
+    ) -> None:
+        """A trigger of a (flow, key) already active: the newer event becomes the run's trigger."""
+        existing = by_key.get((new.flow, new.key))
+        if existing is None:
+            existing = runs.active_run(conn, new.flow, new.key)
+            if existing is None:
+                return
+            by_key[(new.flow, new.key)] = existing
+            others.append(existing)
+        # One that ended earlier in this batch is no longer active: its end is what is saved.
+        if existing.status == runs.ACTIVE and doc["occurred_at"] > str(
+            existing.context["event"]["occurred_at"]
+        ):
+            existing.context = {**existing.context, "event": doc}
+            existing.dirty = True
+
     # ------------------------------------------------------------------ a new run
 
-    def _trigger(
+    def _start(
+        self, conn: Connection, seen: list[tuple[AppliedEvent, dict[str, Any], dict[str, Any]]], now: datetime
+    ) -> dict[tuple[int, str], _Start]:
+        """Which events trigger which flows, by (index in `seen`, flow), and the runs started.
+
+        Decided for the whole batch before any run is touched, in one insert: whether a run
+        starts depends only on the event, the profile and the runs stored (the runs this batch
+        changes are written after it), and within the batch the first trigger of a (flow, key)
+        starts it; a later one finds it active.
+        """
+        triggered: list[tuple[int, str, Flow, str]] = []
+        for i, (a, doc, profile) in enumerate(seen):
+            for name, flow in self.catalog.current.items():
+                if a.event.name in flow.trigger.names:
+                    key = self._trigger_key(name, flow, a, doc, profile, now)
+                    if key is not None:
+                        triggered.append((i, name, flow, key))
+        once: dict[str, set[str]] = {}  # flows that never re-enter: their run keys
+        for _, name, flow, key in triggered:
+            if flow.reentry == "never":
+                once.setdefault(name, set()).add(key)
+        ran = {(name, key) for name, keys in once.items() for key in runs.ever_ran(conn, name, keys)}
+        starts: dict[tuple[int, str], _Start] = {}
+        first: dict[tuple[str, str], _Start] = {}
+        for i, name, flow, key in triggered:
+            if flow.reentry == "never":
+                if (name, key) in ran:
+                    continue
+                ran.add((name, key))
+            a, doc, _ = seen[i]
+            new = runs.NewRun(
+                flow=name,
+                version=self.catalog.versions[name],
+                key=key,
+                profile_id=a.profile_id,
+                step=flow.step_ids()[0],
+                context={"event": doc, "first_occurred_at": a.event.occurred_at.isoformat(), "waiting": None},
+            )
+            start = starts[(i, name)] = _Start(new)
+            first.setdefault((name, key), start)  # a later one finds the first's run active
+        ids = runs.start(conn, [s.new for s in first.values()], now)
+        for (name, key), start in first.items():
+            start.run_id = ids.get((name, key))
+        return starts
+
+    def _trigger_key(
         self,
-        conn: Connection,
-        journal: Journal,
         name: str,
         flow: Flow,
         a: AppliedEvent,
         doc: dict[str, Any],
         profile: dict[str, Any],
         now: datetime,
-    ) -> runs.Run | None:
+    ) -> str | None:
+        """The run key the event starts a run of `flow` with, if it triggers it at all."""
         if now - a.event.occurred_at > flow.trigger.max_age:
             self.metrics.flow_sends.labels(name, "skipped", "stale trigger").inc()
             return None
@@ -149,53 +248,42 @@ class FlowTriggers:
                 "flow trigger without a run key",
                 extra={"action": "flow_no_key", "flow": name, "inbox_id": a.event.inbox_id},
             )
-            return None
-        if flow.reentry == "never" and runs.ever_ran(conn, name, key):
-            return None
-        version = self.catalog.versions[name]
-        context = {"event": doc, "first_occurred_at": a.event.occurred_at.isoformat(), "waiting": None}
-        first_step = flow.step_ids()[0]
-        run_id = runs.start(
-            conn,
-            flow=name,
-            version=version,
-            key=key,
-            profile_id=a.profile_id,
-            step=first_step,
-            context=context,
-            now=now,
-        )
-        if run_id is None:  # already active (for another customer, or earlier in this batch)
-            existing = runs.active_run(conn, name, key)
-            if existing is not None and doc["occurred_at"] > str(existing.context["event"]["occurred_at"]):
-                existing.context = {**existing.context, "event": doc}
-                runs.save(conn, existing, now, bump=True)
-            return None
+        return key
+
+    def _started(
+        self,
+        journal: Journal,
+        new: runs.NewRun,
+        run_id: int,
+        a: AppliedEvent,
+        doc: dict[str, Any],
+        now: datetime,
+    ) -> runs.Run:
         journal.add(
             run_id=run_id,
-            flow=name,
-            profile_id=a.profile_id,
+            flow=new.flow,
+            profile_id=new.profile_id,
             at=now,
-            step=first_step,
+            step=new.step,
             kind="trigger",
             outcome="started",
-            reason=f"{a.event.name!r} (occurred {doc['occurred_at']}), key {key!r}",
-            detail={"event_id": a.event_id, "version": version},
+            reason=f"{a.event.name!r} (occurred {doc['occurred_at']}), key {new.key!r}",
+            detail={"event_id": a.event_id, "version": new.version},
         )
-        self.metrics.flow_runs.labels(name, "started").inc()
+        self.metrics.flow_runs.labels(new.flow, "started").inc()
         return runs.Run(
             id=run_id,
-            flow=name,
-            version=version,
-            run_key=key,
-            profile_id=a.profile_id,
+            flow=new.flow,
+            version=new.version,
+            run_key=new.key,
+            profile_id=new.profile_id,
             status=runs.ACTIVE,
-            step=first_step,
+            step=new.step,
             due_at=now,
             wake="start",
             claim=0,
             visits=0,
-            context=context,
+            context=new.context,
             started_at=now,
         )
 
@@ -208,15 +296,20 @@ def _key(flow: Flow, ctx: dict[str, Any]) -> str | None:
 
 
 def _profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
-    """The profiles as trigger conditions see them: id, traits and consent states."""
-    rows = conn.execute(
-        select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(profiles.c.id.in_(sorted(pids)))
-    )
+    """The profiles as trigger conditions see them, read."""
+    rows = conn.execute(_PROFILES, {"ids": sorted(pids)})
+    return {r.id: profile_doc(r.id, r.traits, r.consent) for r in rows}
+
+
+def profile_doc(pid: int, traits: Mapping[str, Any], consent: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile as trigger conditions see it: id, traits and consent states."""
     return {
-        r.id: {
-            "id": r.id,
-            "traits": r.traits,
-            "consent": {c: e.get("state", "unknown") for c, e in r.consent.items()},
-        }
-        for r in rows
+        "id": pid,
+        "traits": dict(traits),
+        "consent": {c: e.get("state", "unknown") for c, e in consent.items()},
     }
+
+
+_PROFILES = select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
+    profiles.c.id.in_(bindparam("ids", expanding=True))
+)

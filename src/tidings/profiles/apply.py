@@ -203,6 +203,10 @@ class ProfileWriter:
             for row in self.conn.execute(_FIND_OWNERS, {"kind": kind, "values": values}):
                 self._owner[(row.kind, row.value)] = row.profile_id
 
+    def loaded(self, pid: int) -> Profile | None:
+        """The profile as this batch left it, if it is in memory (written at `flush`)."""
+        return self._profiles.get(pid)
+
     def current(self, pid: int) -> int:
         """The profile `pid` is now (after any merge in this batch)."""
         return self._current(pid)
