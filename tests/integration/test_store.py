@@ -34,6 +34,39 @@ def test_sqlite_runs_in_wal_with_the_configured_synchronous_level(tmp_path) -> N
             store.close()
 
 
+def test_committed_writes_reach_the_database_file_without_a_writer_checkpointing(tmp_path) -> None:
+    """The checkpoint runs on a thread of its own: writers only append to the WAL."""
+    import sqlite3
+    import time
+
+    from sqlalchemy import text
+
+    path = tmp_path / "wal.db"
+    store = Store(f"sqlite:///{path}")
+    try:
+        store.write_sync(lambda c: c.execute(text("CREATE TABLE t (n INTEGER)")))
+        store.write_sync(lambda c: c.execute(text("INSERT INTO t VALUES (1), (2), (3)")))
+        with store.engine.connect() as conn:  # far below the writers' own threshold
+            assert conn.execute(text("PRAGMA wal_autocheckpoint")).scalar() == 16_384
+
+        def in_main_file() -> int:
+            # immutable=1 reads the database file alone, ignoring the WAL
+            main = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return int(main.execute("SELECT count(*) FROM t").fetchone()[0])
+            except sqlite3.OperationalError:  # the table is not in the file yet
+                return 0
+            finally:
+                main.close()
+
+        deadline = time.monotonic() + 10
+        while in_main_file() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert in_main_file() == 3
+    finally:
+        store.close()
+
+
 def test_urls_hide_passwords() -> None:
     from tidings.store.engine import display_url
 

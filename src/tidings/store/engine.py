@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.exceptions import StoreError
+from tidings.store.checkpoint import WAL_PAGES, Checkpointer
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.store")
@@ -55,6 +57,9 @@ class Store:
             self.engine = create_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
+        self._checkpointer: Checkpointer | None = None  # started by the first write (SQLite files)
+        self._starting = threading.Lock()
+        self._checkpointed = self.dialect != "sqlite" or self.url.database in (None, "", ":memory:")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidings-store-write")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidings-store-read")
 
@@ -71,6 +76,7 @@ class Store:
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")  # see checkpoint.py
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -84,6 +90,11 @@ class Store:
 
     def write_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one write transaction; commit if it returns, roll back if it raises."""
+        if not self._checkpointed:
+            with self._starting:
+                if not self._checkpointed:
+                    self._checkpointer = Checkpointer(str(Path(str(self.url.database)).expanduser()))
+                    self._checkpointed = True
         try:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(tidings_write=True)
@@ -138,4 +149,6 @@ class Store:
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
