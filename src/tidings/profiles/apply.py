@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
@@ -74,6 +74,7 @@ _SAVE = (
 _EXISTING_EVENTS = select(events.c.inbox_id, events.c.id).where(
     events.c.inbox_id.in_(bindparam("inbox_ids", expanding=True))
 )
+_INSERT = {table: insert(table) for table in (events, identities, profiles, timeline)}
 _UPDATE_EVENT = update(events).where(events.c.id == bindparam("event_id"))
 _CONTRIBUTING = select(
     events.c.name,
@@ -186,7 +187,7 @@ class ProfileWriter:
                 note["profile_id"] = pid = self._current(note["profile_id"])
                 if note["kind"] != "event":
                     self.touched[pid] = max(note["at"], self.touched.get(pid, note["at"]))
-            self.conn.execute(insert(timeline), self._notes)
+            self.conn.execute(_INSERT[timeline], self._notes)
             self._notes = []
 
     # ------------------------------------------------------------------ identity
@@ -240,7 +241,7 @@ class ProfileWriter:
         new = [k for k in keys if k not in self._owner]
         if new:
             self.conn.execute(
-                insert(identities),
+                _INSERT[identities],
                 [
                     {"kind": k, "value": v, "profile_id": profile.id, "first_seen_at": self.now}
                     for k, v in new
@@ -250,8 +251,8 @@ class ProfileWriter:
             self._owner[k] = profile.id
         return profile
 
-    def _insert(self, table: Any, values: dict[str, Any]) -> int:
-        key = self.conn.execute(insert(table), values).inserted_primary_key
+    def _insert(self, table: Table, values: dict[str, Any]) -> int:
+        key = self.conn.execute(_INSERT[table], values).inserted_primary_key
         assert key is not None
         return int(key[0])
 
