@@ -67,7 +67,14 @@ def dead_letter(tidings) -> int:
             profile_id=None,
         )
         row_id = int(conn.execute(select(outbox_table.c.id)).scalar_one())
-        outbox.mark_dead(conn, row_id, now + timedelta(seconds=1), "webhook answered 422: nope")
+        dead = outbox.Settlement(
+            effect_id=row_id,
+            action="track_event",
+            attempt=1,
+            outcome="dead",
+            error="webhook answered 422: nope",
+        )
+        outbox.settle(conn, [dead], now + timedelta(seconds=1))
         return row_id
 
     return int(tidings.store.write_sync(write))

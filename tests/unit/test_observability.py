@@ -228,21 +228,30 @@ def add_effect(store: Store, clock: FakeClock, destination: str, key: str) -> in
     return store.write_sync(write)
 
 
+def settle_as(conn: Any, effect_id: int, outcome: str, now: Any, error: str | None = None) -> None:
+    one = outbox.Settlement(
+        effect_id=effect_id, action="upsert_contact", attempt=1, outcome=outcome, error=error
+    )
+    outbox.settle(conn, [one], now)
+
+
 async def test_gauges_count_dead_letters_and_unsettled_deliveries_per_destination(store, clock) -> None:
     dead = [add_effect(store, clock, "crm", f"crm-{n}") for n in range(3)]
     delivered = add_effect(store, clock, "crm", "crm-ok")
     add_effect(store, clock, "crm", "crm-waiting")
     add_effect(store, clock, "esp", "esp-waiting")
     claimed = store.write_sync(
-        lambda conn: outbox.claim(conn, clock.now(), limit=1, lease=timedelta(minutes=5), skip={"crm"})
+        lambda conn: outbox.claim(
+            conn, clock.now(), destinations=["esp"], limit=1, lease=timedelta(minutes=5)
+        )
     )
     assert [c.effect.destination for c in claimed] == ["esp"]  # one in flight
     now = clock.now()
 
     def settle(conn: Any) -> None:
         for effect_id in dead:
-            outbox.mark_dead(conn, effect_id, now, "400: refused")
-        outbox.mark_delivered(conn, delivered, now, "remote-1")
+            settle_as(conn, effect_id, "dead", now, "400: refused")
+        settle_as(conn, delivered, "delivered", now)
 
     store.write_sync(settle)
     metrics = Metrics()
@@ -268,12 +277,12 @@ async def test_a_destination_no_longer_configured_shows_while_it_holds_rows_then
     store, clock
 ) -> None:
     old = add_effect(store, clock, "old", "old-1")
-    store.write_sync(lambda conn: outbox.mark_dead(conn, old, clock.now(), "gone"))
+    store.write_sync(lambda conn: settle_as(conn, old, "dead", clock.now(), "gone"))
     metrics = Metrics()
     gauges = StoreGauges(store, metrics, clock, destinations=["crm"])
     await gauges.refresh()
     assert sample(metrics, "tidings_deliveries_dead", destination="old") == 1
-    store.write_sync(lambda conn: outbox.mark_delivered(conn, old, clock.now(), None))
+    store.write_sync(lambda conn: settle_as(conn, old, "delivered", clock.now()))
     await gauges.refresh()
     assert sample(metrics, "tidings_deliveries_dead", destination="old") is None
     assert sample(metrics, "tidings_deliveries_dead", destination="crm") == 0
@@ -345,7 +354,7 @@ async def test_the_refresh_loop_runs_until_stopped(store, clock) -> None:
     task = asyncio.create_task(gauges.run(stopping))
     await wait_until(lambda: sample(metrics, "tidings_deliveries_pending", destination="crm") == 0)
     dead = add_effect(store, clock, "crm", "k")
-    store.write_sync(lambda conn: outbox.mark_dead(conn, dead, clock.now(), "x"))
+    store.write_sync(lambda conn: settle_as(conn, dead, "dead", clock.now(), "x"))
     await wait_until(lambda: sample(metrics, "tidings_deliveries_dead", destination="crm") == 1)
     stopping.set()
     await asyncio.wait_for(task, 5)
