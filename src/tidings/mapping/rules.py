@@ -9,13 +9,11 @@ anything but the document, so a config file can never run code. Each is evaluate
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from numbers import Number
 from pathlib import Path
 from typing import Annotated, Any
 
 import jmespath
-from jmespath import functions, visitor
+from jmespath import functions
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, Field, TypeAdapter, model_validator
@@ -81,8 +79,7 @@ class _Functions(functions.Functions):
         return total
 
 
-FUNCTIONS = _Functions()
-OPTIONS = jmespath.Options(custom_functions=FUNCTIONS)
+OPTIONS = jmespath.Options(custom_functions=_Functions())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -102,221 +99,7 @@ Expression = Annotated[str, AfterValidator(_valid)]
 
 
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
-    return _compiled(expression)(document)
-
-
-# ------------------------------------------------------------------ evaluation
-#
-# jmespath's interpreter walks the parsed tree for every search, looking up a method per node and
-# making a new interpreter each time: a mapped event evaluates some thirty expressions, and that
-# walk was most of mapping's cost. Here each tree is turned once into nested closures, each doing
-# what `jmespath.visitor.TreeInterpreter.visit_<type>` does for its node; node types not listed
-# (slices, `&expression` references) are left to that interpreter, so results are the same.
-
-Compiled = Callable[[Any], Any]
-_INTERPRETER = visitor.TreeInterpreter(OPTIONS)
-
-
-@functools.lru_cache(maxsize=4096)
-def _compiled(text: str) -> Compiled:
-    return _node(compile_expression(text).parsed)
-
-
-def _number(value: Any) -> bool:
-    """A JMESPath number (visitor._is_actual_number): booleans are not numbers."""
-    return isinstance(value, Number) and not isinstance(value, bool)
-
-
-def _false(value: Any) -> bool:
-    """JMESPath falsiness (TreeInterpreter._is_false): '', [], {}, null and false."""
-    return value == "" or value == [] or value == {} or value is None or value is False
-
-
-def _node(node: Any) -> Compiled:
-    build = _BUILD.get(node["type"])
-    if build is None:
-        return lambda value: _INTERPRETER.visit(node, value)
-    return build(node, [_node(child) for child in node.get("children", [])])
-
-
-def _field(node: Any, _: list[Compiled]) -> Compiled:
-    key = node["value"]
-
-    def field(value: Any) -> Any:
-        try:
-            return value.get(key)
-        except AttributeError:
-            return None
-
-    return field
-
-
-def _chain(_: Any, children: list[Compiled]) -> Compiled:
-    def chain(value: Any) -> Any:
-        for child in children:
-            value = child(value)
-        return value
-
-    return chain
-
-
-def _literal(node: Any, _: list[Compiled]) -> Compiled:
-    literal = node["value"]
-    return lambda value: literal
-
-
-def _or(_: Any, children: list[Compiled]) -> Compiled:
-    left, right = children
-
-    def or_(value: Any) -> Any:
-        matched = left(value)
-        return right(value) if _false(matched) else matched
-
-    return or_
-
-
-def _and(_: Any, children: list[Compiled]) -> Compiled:
-    left, right = children
-
-    def and_(value: Any) -> Any:
-        matched = left(value)
-        return matched if _false(matched) else right(value)
-
-    return and_
-
-
-def _not(_: Any, children: list[Compiled]) -> Compiled:
-    (inner,) = children
-
-    def not_(value: Any) -> Any:
-        result = inner(value)
-        if _number(result) and result == 0:
-            return False  # !0 is false: 0 is not special in JMESPath
-        return not result
-
-    return not_
-
-
-def _comparator(node: Any, children: list[Compiled]) -> Compiled:
-    left, right = children
-    compare = visitor.TreeInterpreter.COMPARATOR_FUNC[node["value"]]
-    if node["value"] in ("eq", "ne"):
-        return lambda value: compare(left(value), right(value))
-
-    def ordered(value: Any) -> Any:  # only numbers or strings are ordered, else null
-        a, b = left(value), right(value)
-        if not ((_number(a) or isinstance(a, str)) and (_number(b) or isinstance(b, str))):
-            return None
-        return compare(a, b)
-
-    return ordered
-
-
-def _function(node: Any, children: list[Compiled]) -> Compiled:
-    name, call = node["value"], FUNCTIONS.call_function
-    return lambda value: call(name, [child(value) for child in children])
-
-
-def _index(node: Any, _: list[Compiled]) -> Compiled:
-    index = node["value"]
-
-    def at(value: Any) -> Any:
-        if not isinstance(value, list):
-            return None
-        try:
-            return value[index]
-        except IndexError:
-            return None
-
-    return at
-
-
-def _projection(node: Any, children: list[Compiled]) -> Compiled:
-    base, each = children[0], children[1]
-    keep = children[2] if node["type"] == "filter_projection" else None
-    of_values = node["type"] == "value_projection"
-
-    def project(value: Any) -> Any:
-        items = base(value)
-        if of_values:
-            try:
-                items = items.values()
-            except AttributeError:
-                return None
-        elif not isinstance(items, list):
-            return None
-        collected = []
-        for element in items:
-            if keep is not None and _false(keep(element)):
-                continue
-            current = each(element)
-            if current is not None:
-                collected.append(current)
-        return collected
-
-    return project
-
-
-def _flatten(_: Any, children: list[Compiled]) -> Compiled:
-    (inner,) = children
-
-    def flatten(value: Any) -> Any:
-        base = inner(value)
-        if not isinstance(base, list):
-            return None
-        merged: list[Any] = []
-        for element in base:
-            if isinstance(element, list):
-                merged.extend(element)
-            else:
-                merged.append(element)
-        return merged
-
-    return flatten
-
-
-def _select_dict(node: Any, children: list[Compiled]) -> Compiled:
-    pairs = [(pair["value"], child) for pair, child in zip(node["children"], children, strict=True)]
-
-    def select_dict(value: Any) -> Any:
-        if value is None:
-            return None
-        return {key: child(value) for key, child in pairs}
-
-    return select_dict
-
-
-def _select_list(_: Any, children: list[Compiled]) -> Compiled:
-    def select_list(value: Any) -> Any:
-        if value is None:
-            return None
-        return [child(value) for child in children]
-
-    return select_list
-
-
-_BUILD: dict[str, Callable[[Any, list[Compiled]], Compiled]] = {
-    "field": _field,
-    "subexpression": _chain,
-    "index_expression": _chain,
-    "pipe": _chain,
-    "current": lambda node, children: lambda value: value,
-    "identity": lambda node, children: lambda value: value,
-    "literal": _literal,
-    "key_val_pair": lambda node, children: children[0],
-    "or_expression": _or,
-    "and_expression": _and,
-    "not_expression": _not,
-    "comparator": _comparator,
-    "function_expression": _function,
-    "index": _index,
-    "projection": _projection,
-    "value_projection": _projection,
-    "filter_projection": _projection,
-    "flatten": _flatten,
-    "multi_select_dict": _select_dict,
-    "multi_select_list": _select_list,
-}
+    return compile_expression(expression).search(document, options=OPTIONS)
 
 
 class MappingRule(ConfigModel):
