@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jmespath
-from jmespath import functions
+from jmespath import functions, visitor
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, Field, TypeAdapter, model_validator
@@ -98,8 +98,13 @@ def _valid(text: str) -> str:
 Expression = Annotated[str, AfterValidator(_valid)]
 
 
+# `ParsedResult.search` makes a new interpreter for every search; one serves them all (it keeps no
+# state between searches but a cache of its visit methods).
+_INTERPRETER = visitor.TreeInterpreter(OPTIONS)
+
+
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
-    return compile_expression(expression).search(document, options=OPTIONS)
+    return _INTERPRETER.visit(compile_expression(expression).parsed, document)
 
 
 class MappingRule(ConfigModel):
