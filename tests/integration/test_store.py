@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -73,3 +75,64 @@ def test_urls_hide_passwords() -> None:
     shown = display_url("postgresql://tid:s3cret@db.example.com/tidings")
     assert "s3cret" not in shown
     assert shown.startswith("postgresql+psycopg://tid:***@db.example.com")
+
+
+async def test_writes_queued_together_share_one_commit_and_fail_alone(store_url: str) -> None:
+    """What queued behind a running write commits with one commit; a write that fails is rolled
+    back alone and only its caller hears of it."""
+    import asyncio
+    import threading
+
+    import pytest
+    from sqlalchemy import event, select
+
+    from tidings.exceptions import StoreError
+    from tidings.store.schema import destination_state
+
+    store = Store(store_url)
+    store.upgrade()
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def add(name: str, fail: Exception | None = None):
+        def write(conn) -> str:
+            conn.execute(
+                destination_state.insert().values(destination=name, consecutive_failures=0, updated_at=now)
+            )
+            if fail is not None:
+                raise fail
+            return name
+
+        return write
+
+    try:
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold(conn) -> bool:
+            entered.set()
+            return gate.wait(10)
+
+        first = asyncio.ensure_future(store.write(hold))
+        assert await asyncio.to_thread(entered.wait, 10)  # the writer is inside `first`: the rest queue
+        queued = [
+            asyncio.ensure_future(store.write(add("a"))),
+            asyncio.ensure_future(store.write(add("b", ValueError("bad data")))),
+            asyncio.ensure_future(store.write(add("a"))),  # the same key again: a database error
+            asyncio.ensure_future(store.write(add("c"))),
+        ]
+        gate.set()
+        assert await first is True
+        assert await queued[0] == "a"
+        with pytest.raises(ValueError, match="bad data"):
+            await queued[1]
+        with pytest.raises(StoreError):
+            await queued[2]
+        assert await queued[3] == "c"
+        assert len(commits) == 2  # `first` alone, then the four queued behind it together
+        kept = store.read_sync(
+            lambda conn: sorted(conn.execute(select(destination_state.c.destination)).scalars())
+        )
+        assert kept == ["a", "c"]
+    finally:
+        store.close()

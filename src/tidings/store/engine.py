@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.exceptions import StoreError
 from tidings.store.checkpoint import WAL_PAGES, Checkpointer
+from tidings.store.writer import Writer
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.store")
@@ -39,6 +41,12 @@ def normalise_url(url: str) -> URL:
     if parsed.drivername == "sqlite":
         parsed = parsed.set(drivername="sqlite+pysqlite")
     return parsed
+
+
+def _write_failed(exc: SQLAlchemyError) -> StoreError:
+    error = StoreError(f"store write failed: {type(exc).__name__}: {exc.__cause__ or exc}")
+    error.__cause__ = exc
+    return error
 
 
 def display_url(url: str) -> str:
@@ -60,7 +68,7 @@ class Store:
         self._checkpointer: Checkpointer | None = None  # started by the first write (SQLite files)
         self._starting = threading.Lock()
         self._checkpointed = self.dialect != "sqlite" or self.url.database in (None, "", ":memory:")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidings-store-write")
+        self._writer = Writer(self._write_connection, _write_failed)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidings-store-read")
 
     def _sqlite_engine(self, synchronous: str) -> Engine:
@@ -88,20 +96,25 @@ class Store:
 
     # ---------------------------------------------------------------- synchronous core
 
-    def write_sync(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn` in one write transaction; commit if it returns, roll back if it raises."""
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        """A connection whose transactions take the write lock at BEGIN (SQLite)."""
         if not self._checkpointed:
             with self._starting:
                 if not self._checkpointed:
                     self._checkpointer = Checkpointer(str(Path(str(self.url.database)).expanduser()))
                     self._checkpointed = True
+        with self.engine.connect() as conn:
+            yield conn.execution_options(tidings_write=True)
+
+    def write_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in one write transaction, in this thread; commit if it returns, roll back if
+        it raises."""
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(tidings_write=True)
-                with conn.begin():
-                    return fn(conn)
+            with self._write_connection() as conn, conn.begin():
+                return fn(conn)
         except SQLAlchemyError as exc:
-            raise StoreError(f"store write failed: {type(exc).__name__}: {exc.__cause__ or exc}") from exc
+            raise _write_failed(exc) from exc
 
     def read_sync(self, fn: Callable[[Connection], T]) -> T:
         try:
@@ -113,7 +126,10 @@ class Store:
     # ---------------------------------------------------------------- async faces
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, self.write_sync, fn)
+        """Run `fn` in a write transaction on the writer thread (see writer.py): returns once it
+        is committed, perhaps together with other writes that queued meanwhile."""
+        result: T = await asyncio.wrap_future(self._writer.submit(fn))
+        return result
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.read_sync, fn)
@@ -147,7 +163,7 @@ class Store:
         return cfg
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writer.close()
         self._readers.shutdown(wait=True)
         if self._checkpointer is not None:
             self._checkpointer.close()
