@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -31,6 +32,9 @@ from tidings.store import Store
 log = logging.getLogger("tidings.flows")
 
 LEASE = timedelta(seconds=30)  # a claimed run is taken over by another worker after this
+# The shortest time between two rounds for timers: at 500 timers falling due per second, 2 ms
+# apart, a round per timer cost a whole core (bench/README-timers.md).
+TICK = 0.01
 GAUGES_EVERY = timedelta(seconds=15)
 OVERDUE_AFTER = timedelta(seconds=60)
 
@@ -63,7 +67,7 @@ class FlowRunner(Loop):
         self.poll = max_poll
 
     async def run_once(self) -> int:
-        now = self.clock.now()
+        started, now = time.monotonic(), self.clock.now()
         fired, asks = await self.store.write(lambda conn: self._fire(conn, now))
         if asks:
             answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
@@ -71,7 +75,7 @@ class FlowRunner(Loop):
             await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
         if fired:
             self.on_enqueued()
-        await self._plan(now)
+        await self._plan(now, started)
         return fired
 
     async def drain(self) -> int:
@@ -145,11 +149,14 @@ class FlowRunner(Loop):
 
     # ------------------------------------------------------------------ when to look again
 
-    async def _plan(self, now: datetime) -> None:
+    async def _plan(self, now: datetime, started: float) -> None:
         due = await self.store.read(runs.next_due)
         # A timer's delay is virtual time; the loop sleeps real time (they differ on a ScaledClock).
         left = None if due is None else (due - self.clock.now()).total_seconds()
         wait = self.max_poll if left is None else real_seconds(self.clock, left)
+        # Rounds start at least TICK apart (unless the processor wakes the runner, or a round was
+        # full): timers due a few ms apart then fire together, a little late, in one round.
+        wait = max(wait, TICK - (time.monotonic() - started))
         self.poll = min(self.max_poll, max(0.0, wait))
         if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = now
