@@ -120,21 +120,21 @@ class Dispatcher(Loop):
     async def _transact(self, finished: list[Outcome], want: int) -> list[outbox.Claimed]:
         """One write transaction: settle what finished, then claim up to `want` more."""
         now = self.clock.now()
-        look_for_others = want > 0 and (self._others_at is None or now - self._others_at >= OTHERS_EVERY)
+        if want > 0 and (self._others_at is None or now - self._others_at >= OTHERS_EVERY):
+            # A scan of the outbox's destinations: on a reader, not holding up the writer.
+            configured = list(self.destinations)
+            self._others = await self.store.read(lambda conn: outbox.waiting_destinations(conn, configured))
+            self._others_at = now
 
         def write(conn: Any) -> tuple[list[Opened], list[outbox.Claimed]]:
             opened = self._write_outcomes(conn, finished, now)
             if not want:
                 return opened, []
-            if look_for_others:
-                self._others = outbox.waiting_destinations(conn, list(self.destinations))
             paused = outbox.paused_destinations(conn, now)
             active = [d for d in (*self.destinations, *sorted(self._others)) if d not in paused]
             return opened, outbox.claim(conn, now, destinations=active, limit=want, lease=LEASE)
 
         opened, claimed = await self.store.write(write)
-        if look_for_others:
-            self._others_at = now
         self._observe(finished, opened, now)
         return claimed
 
