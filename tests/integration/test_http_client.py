@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.destinations.http import SpreadTransport
+from tidings.destinations.http import SpreadTransport, pooled_client
 from tidings.testing.simulator import Simulator
 
 
@@ -71,3 +71,14 @@ async def test_failures_and_unread_streams_give_their_place_back(echo: SlowEcho)
             assert response.status_code == 200
             assert sum(transport.in_flight) == 1  # busy until the body is read or closed
         assert transport.in_flight == [0, 0]
+
+
+async def test_a_proxy_in_the_environment_is_used(echo: SlowEcho, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a corporate proxy (HTTP_PROXY / HTTPS_PROXY), requests go through it, as with httpx."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", echo.url)  # the echo server stands in for the proxy
+    async with pooled_client() as client:
+        answer = await client.get("http://vendor.invalid/hello")  # no such host: only a proxy answers
+    assert answer.status_code == 200
+    assert echo.requests[-1].headers["host"] == "vendor.invalid"

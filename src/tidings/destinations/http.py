@@ -12,6 +12,7 @@ holds more than a few connections.
 from __future__ import annotations
 
 import math
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -33,7 +34,8 @@ class SpreadTransport(httpx.AsyncBaseTransport):
         per_pool = min(per_pool, max_connections)
         count = math.ceil(max_connections / per_pool)
         limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        self.pools = [httpx.AsyncHTTPTransport(http2=http2, limits=limits) for _ in range(count)]
+        tls = httpx.create_ssl_context()  # one for all: loading the CA bundle takes ~20 ms
+        self.pools = [httpx.AsyncHTTPTransport(verify=tls, http2=http2, limits=limits) for _ in range(count)]
         self.in_flight = [0] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -84,5 +86,12 @@ class _Released(httpx.AsyncByteStream):
 
 def pooled_client(*, http2: bool = True) -> httpx.AsyncClient:
     """The process's client for vendors: TLS verified, HTTP/2 negotiated (ALPN) with vendors that
-    serve it; plain-http simulators get HTTP/1.1."""
+    serve it; plain-http simulators get HTTP/1.1.
+
+    With a proxy in the environment (HTTPS_PROXY and the like), httpx's own client takes it as it
+    always does (a transport of our own would bypass it): every request goes through the proxy's
+    pool then anyway."""
+    if urllib.request.getproxies():
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+        return httpx.AsyncClient(http2=http2, limits=limits)
     return httpx.AsyncClient(transport=SpreadTransport(http2=http2))
