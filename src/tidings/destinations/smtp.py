@@ -91,17 +91,18 @@ class SmtpDestination(Destination[SmtpSettings]):
         message = self.compose(effect)
         recipient = parseaddr(str(message["To"]))[1]
         settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            start_tls=settings.starttls,
+            username=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+            timeout=settings.timeout.total_seconds(),
+            cert_bundle=settings.ca_file,
+        )
         try:
-            refused, reply = await aiosmtplib.send(
-                message,
-                hostname=settings.host,
-                port=settings.port,
-                start_tls=settings.starttls,
-                username=settings.username,
-                password=settings.password.get_secret_value() if settings.password else None,
-                timeout=settings.timeout.total_seconds(),
-                cert_bundle=settings.ca_file,
-            )
+            async with client:
+                refused, reply = await client.send_message(message)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DestinationAuthError(
                 f"smtp login refused: {exc.code} {exc.message}", status=exc.code
@@ -126,6 +127,8 @@ class SmtpDestination(Destination[SmtpSettings]):
             raise PermanentDeliveryError(f"smtp: TLS failed: {exc}") from exc
         except OSError as exc:  # refused, unreachable, reset
             raise RetryableDeliveryError(f"smtp: {type(exc).__name__}: {exc}") from exc
+        finally:
+            client.close()  # aiosmtplib leaves the connection open when the TLS handshake fails
         if recipient in refused:  # only possible with several recipients; kept for completeness
             rejected = refused[recipient]
             raise _classified(rejected.code, f"refused {recipient}: {rejected.message}")
