@@ -158,15 +158,6 @@ def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None,
     return bool(done)
 
 
-def save_bumped(conn: Connection, changed: Sequence[Run], now: datetime) -> None:
-    """`save(..., bump=True)` for many runs, in one statement (runs events changed)."""
-    if not changed:
-        return
-    conn.execute(_SAVE[(False, True)], [_state(run, now) for run in changed])
-    for run in changed:
-        run.dirty = False
-
-
 def _state(run: Run, now: datetime) -> dict[str, Any]:
     """The parameters of `_SAVE` (what a save writes)."""
     return {
@@ -186,32 +177,12 @@ def _state(run: Run, now: datetime) -> dict[str, Any]:
     }
 
 
-def save_all(conn: Connection, runs: list[Run], now: datetime) -> None:
-    """Write the state of many runs in one statement (the runner's round: the runs are its own,
-    claimed in this transaction, so no claim check is needed)."""
+def save_all(conn: Connection, runs: Sequence[Run], now: datetime, *, bump: bool = False) -> None:
+    """`save` for many runs, in one statement: the runner's round (its own runs, claimed in this
+    transaction, so no claim check), or the runs a batch of events changed (`bump`)."""
     if not runs:
         return
-    conn.execute(
-        _SAVE_ALL,
-        [
-            {
-                "_id": run.id,
-                "_status": run.status,
-                "_active_key": run.run_key if run.status == ACTIVE else None,
-                "_profile_id": run.profile_id,
-                "_version": run.version,
-                "_step": run.step,
-                "_due_at": run.due_at,
-                "_wake": run.wake,
-                "_visits": run.visits,
-                "_context": run.context,
-                "_updated_at": now,
-                "_ended_at": run.ended_at,
-                "_end_reason": run.end_reason,
-            }
-            for run in runs
-        ],
-    )
+    conn.execute(_SAVE[(False, bump)], [_state(run, now) for run in runs])
     for run in runs:
         run.dirty = False
 

@@ -104,7 +104,7 @@ class FlowTriggers:
                 active.setdefault(a.profile_id, []).append(run)
                 by_key[(name, run.run_key)] = run
                 due += 1
-        runs.save_bumped(conn, [r for rs in [*active.values(), others] for r in rs if r.dirty], now)
+        runs.save_all(conn, [r for rs in [*active.values(), others] for r in rs if r.dirty], now, bump=True)
         journal.flush(conn)
         return due
 
