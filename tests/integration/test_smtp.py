@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import gc
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -272,3 +275,41 @@ async def test_an_untrusted_certificate_is_refused(tls_server) -> None:
     with pytest.raises(PermanentDeliveryError, match=r"TLS|certificate|SSL"):
         await deliver(settings(controller.port, starttls=True, username="shop", password="s3cret"), send())
     assert handler.messages == []
+
+
+def connections_to(port: int) -> list[socket.socket]:
+    """This process's open sockets whose peer is 127.0.0.1:port (the client ends)."""
+    found = []
+    for thing in gc.get_objects():
+        if isinstance(thing, socket.socket) and thing.family == socket.AF_INET and thing.fileno() != -1:
+            with contextlib.suppress(OSError):
+                if thing.getpeername()[1] == port:
+                    found.append(thing)
+    return found
+
+
+async def test_after_a_refused_login_the_line_is_cut_even_if_the_server_stalls(certificate) -> None:
+    """A graceful TLS close waits for the server's close_notify; the session is over, so the
+    destination hangs up at once rather than leave a socket open on a slow relay."""
+
+    def stalling(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        result = authenticator(server, session, envelope, mechanism, auth_data)
+        # After its answer the server's loop sleeps: no close_notify comes back for a while.
+        asyncio.get_running_loop().call_soon(time.sleep, 1.5)
+        return result
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    controller = serve(
+        Recorder(), tls_context=context, require_starttls=True, authenticator=stalling, auth_required=True
+    )
+    try:
+        s = settings(
+            controller.port, starttls=True, ca_file=str(certificate[0]), username="shop", password="wrong"
+        )
+        with pytest.raises(DestinationAuthError):
+            await deliver(s, send())
+        await asyncio.sleep(0.01)  # the abort's close runs on the loop's next turn
+        assert connections_to(controller.port) == []
+    finally:
+        controller.stop()

@@ -17,6 +17,8 @@ sent in the clear unless `starttls: false` says so.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import ssl
 from email.errors import HeaderParseError
@@ -91,18 +93,8 @@ class SmtpDestination(Destination[SmtpSettings]):
         message = self.compose(effect)
         recipient = parseaddr(str(message["To"]))[1]
         settings = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=settings.host,
-            port=settings.port,
-            start_tls=settings.starttls,
-            username=settings.username,
-            password=settings.password.get_secret_value() if settings.password else None,
-            timeout=settings.timeout.total_seconds(),
-            cert_bundle=settings.ca_file,
-        )
         try:
-            async with client:
-                refused, reply = await client.send_message(message)
+            refused, reply = await self._transmit(message)
         except aiosmtplib.SMTPAuthenticationError as exc:
             raise DestinationAuthError(
                 f"smtp login refused: {exc.code} {exc.message}", status=exc.code
@@ -127,12 +119,35 @@ class SmtpDestination(Destination[SmtpSettings]):
             raise PermanentDeliveryError(f"smtp: TLS failed: {exc}") from exc
         except OSError as exc:  # refused, unreachable, reset
             raise RetryableDeliveryError(f"smtp: {type(exc).__name__}: {exc}") from exc
-        finally:
-            client.close()  # aiosmtplib leaves the connection open when the TLS handshake fails
         if recipient in refused:  # only possible with several recipients; kept for completeness
             rejected = refused[recipient]
             raise _classified(rejected.code, f"refused {recipient}: {rejected.message}")
         return Receipt(remote_id=str(message["Message-ID"]), detail={"reply": reply})
+
+    async def _transmit(self, message: EmailMessage) -> tuple[dict[str, Any], str]:
+        """One SMTP session for one message: connect (STARTTLS), log in, send, say goodbye."""
+        settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host,
+            port=settings.port,
+            start_tls=settings.starttls,
+            timeout=settings.timeout.total_seconds(),
+            cert_bundle=settings.ca_file,
+        )
+        await client.connect()  # on failure aiosmtplib closes the (still plain) connection
+        connection = client.transport  # the TLS one, after STARTTLS
+        try:
+            if settings.username and settings.password:
+                await client.login(settings.username, settings.password.get_secret_value())
+            refused, reply = await client.send_message(message)
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.quit()  # the message is accepted: a failed goodbye changes nothing
+            return refused, reply
+        finally:
+            # Cut the line rather than wait for the server's TLS close_notify: the session is over,
+            # and a graceful TLS close can outlive the task that opened it (a socket left open).
+            if isinstance(connection, asyncio.Transport):
+                connection.abort()
 
     def compose(self, effect: Effect) -> EmailMessage:
         """The mail for a send_template payload.
