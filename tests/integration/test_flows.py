@@ -386,6 +386,26 @@ async def test_every_step_and_reason_is_in_the_customers_timeline(shop) -> None:
     assert skipped["field"] == "abandoned_cart"
 
 
+async def test_the_timeline_pages_through_events_and_flow_lines_newest_first(shop) -> None:
+    """The flow lines are read from the runs' journal beside the profile's own lines: paging
+    through the merged list skips nothing and repeats nothing."""
+    s = await shop(config())
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")
+    await s.wait(30)
+    url = "/api/v1/profiles/ann@example.com/timeline"
+    auth = {"authorization": f"Bearer {READ}"}
+    whole = (await s.client.get(url, params={"limit": 100}, headers=auth)).json()["entries"]
+    assert {e["kind"] for e in whole} >= {"flow", "event"}
+    assert [e["at"] for e in whole] == sorted((e["at"] for e in whole), reverse=True)
+    paged, offset = [], 0
+    while offset is not None:
+        page = (await s.client.get(url, params={"limit": 2, "offset": offset}, headers=auth)).json()
+        paged += page["entries"]
+        offset = page["next_offset"]
+    assert paged == whole
+
+
 async def test_the_admin_api_lists_flows_and_runs_with_their_reasons(shop) -> None:
     s = await shop(config())
     await s.customer("u1", "ann@example.com")

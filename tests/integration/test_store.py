@@ -136,3 +136,108 @@ async def test_writes_queued_together_share_one_commit_and_fail_alone(store_url:
         assert kept == ["a", "c"]
     finally:
         store.close()
+
+
+def _migrate(store: Store, revision: str, *, down: bool = False) -> None:
+    from alembic import command
+
+    with store.engine.connect() as conn:
+        cfg = store.alembic_config(conn)
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+        conn.commit()
+
+
+def test_flow_lines_move_out_of_the_timeline_into_the_journal_it_reads(store_url: str) -> None:
+    """Up to 0007 each flow journal line was copied into the timeline; 0008 drops the copies (the
+    timeline reads the journal), so a customer's timeline shows each line once, before and after."""
+    from sqlalchemy import func, insert, select
+
+    from tidings.profiles.read import load_timeline
+    from tidings.store.schema import flow_runs, flow_steps, profiles, timeline
+
+    at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    store = Store(store_url)
+    try:
+        store.upgrade()
+        _migrate(store, "0007", down=True)
+
+        def old_data(conn):
+            pid = conn.execute(
+                insert(profiles).values(
+                    created_at=at, updated_at=at, traits={}, trait_versions={}, consent={}, aggregates={}
+                )
+            ).inserted_primary_key[0]
+            run = conn.execute(
+                insert(flow_runs).values(
+                    flow="cart",
+                    version="v1",
+                    run_key="c1",
+                    profile_id=pid,
+                    status="active",
+                    step="wait",
+                    claim=0,
+                    visits=1,
+                    context={},
+                    started_at=at,
+                    updated_at=at,
+                )
+            ).inserted_primary_key[0]
+            line = {"run_id": run, "step": "wait", "kind": "wait", "reason": "until later"}
+            conn.execute(
+                insert(flow_steps).values(
+                    run_id=run,
+                    flow="cart",
+                    profile_id=pid,
+                    at=at,
+                    step="wait",
+                    kind="wait",
+                    outcome="waiting",
+                    reason="until later",
+                    detail=None,
+                )
+            )
+            conn.execute(
+                insert(timeline),
+                [
+                    {
+                        "profile_id": pid,
+                        "at": at,
+                        "recorded_at": at,
+                        "kind": "trait",
+                        "field": "plan",
+                        "old": None,
+                        "new": "gold",
+                        "detail": None,
+                    },
+                    {
+                        "profile_id": pid,
+                        "at": at,
+                        "recorded_at": at,
+                        "kind": "flow",
+                        "field": "cart",
+                        "old": None,
+                        "new": "waiting",
+                        "detail": line,
+                    },
+                ],
+            )
+            return pid, line
+
+        pid, line = store.write_sync(old_data)
+        store.upgrade()
+        entries = store.write_sync(lambda conn: load_timeline(conn, pid))
+        assert [(e.kind, e.field, e.new) for e in entries] == [
+            ("flow", "cart", "waiting"),
+            ("trait", "plan", "gold"),
+        ]
+        assert entries[0].detail == line
+        count = select(func.count()).select_from(timeline)
+        assert store.write_sync(lambda conn: conn.execute(count).scalar()) == 1
+
+        _migrate(store, "0007", down=True)  # and back: the copy is there again
+        rows = store.write_sync(lambda conn: conn.execute(select(timeline.c.kind, timeline.c.detail)).all())
+        assert sorted(kind for kind, _ in rows) == ["flow", "trait"]
+        assert [detail for kind, detail in rows if kind == "flow"] == [line]
+        store.upgrade()
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 
 from tidings.mapping.rules import evaluate
-from tidings.store.schema import flow_steps, identities, profiles, timeline
+from tidings.store.schema import flow_steps, identities, profiles
 
 
 def event_doc(
@@ -102,9 +102,10 @@ def holds(expression: str | None, doc: dict[str, Any]) -> bool:
 
 
 class Journal:
-    """Lines of runs' stories, kept in their journal (`flow_steps`) and in the customer's timeline.
+    """Lines of runs' stories, kept in their journal (`flow_steps`); the customer's timeline reads
+    them from there (`profiles.read.load_timeline`).
 
-    Lines are buffered and written by `flush` in two statements, whatever their number.
+    Lines are buffered and written by `flush` in one statement, whatever their number.
     """
 
     def __init__(self) -> None:
@@ -149,30 +150,6 @@ class Journal:
         )
 
     def flush(self, conn: Connection) -> None:
-        if not self.lines:
-            return
-        conn.execute(insert(flow_steps), self.lines)
-        conn.execute(
-            insert(timeline),
-            [
-                {
-                    "profile_id": line["profile_id"],
-                    "at": line["at"],
-                    "recorded_at": line["at"],
-                    "kind": "flow",
-                    "event_id": None,
-                    "field": line["flow"],
-                    "old": None,
-                    "new": line["outcome"],
-                    "detail": {
-                        "run_id": line["run_id"],
-                        "step": line["step"],
-                        "kind": line["kind"],
-                        "reason": line["reason"],
-                        **(line["detail"] or {}),
-                    },
-                }
-                for line in self.lines
-            ],
-        )
-        self.lines = []
+        if self.lines:
+            conn.execute(insert(flow_steps), self.lines)
+            self.lines = []

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from tidings.events import IdentityError, normalise_identity
-from tidings.store.schema import identities, profiles, timeline
+from tidings.store.schema import flow_steps, identities, profiles, timeline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,24 +92,46 @@ def load(conn: Connection, pid: int) -> ProfileView | None:
 
 
 def load_timeline(conn: Connection, pid: int, *, limit: int = 100, offset: int = 0) -> list[TimelineEntry]:
-    """Newest first: by when it happened, then by when it was recorded."""
-    stmt = (
+    """Newest first, by when it happened. The profile's own lines (events, changes, merges) and
+    its flow runs' journal (`flow_steps`, read here rather than copied into the timeline) are
+    merged; at the same instant a flow line comes first, then the later-recorded line."""
+    need = limit + offset
+    own = (
         select(timeline)
         .where(timeline.c.profile_id == pid)
         .order_by(timeline.c.at.desc(), timeline.c.id.desc())
-        .limit(limit)
-        .offset(offset)
+        .limit(need)
     )
-    return [
-        TimelineEntry(
-            id=r.id,
-            at=r.at,
-            kind=r.kind,
-            event_id=r.event_id,
-            field=r.field,
-            old=r.old,
-            new=r.new,
-            detail=r.detail,
+    journal = (
+        select(flow_steps)
+        .where(flow_steps.c.profile_id == pid)
+        .order_by(flow_steps.c.at.desc(), flow_steps.c.id.desc())
+        .limit(need)
+    )
+    lines = [
+        (
+            False,
+            TimelineEntry(
+                id=r.id,
+                at=r.at,
+                kind=r.kind,
+                event_id=r.event_id,
+                field=r.field,
+                old=r.old,
+                new=r.new,
+                detail=r.detail,
+            ),
         )
-        for r in conn.execute(stmt)
+        for r in conn.execute(own)
     ]
+    lines += [(True, _flow_line(r)) for r in conn.execute(journal)]
+    lines.sort(key=lambda line: (line[1].at, line[0], line[1].id), reverse=True)
+    return [entry for _, entry in lines[offset:need]]
+
+
+def _flow_line(r: Any) -> TimelineEntry:
+    """A journal line as a timeline entry: field is the flow, new the outcome."""
+    detail = {"run_id": r.run_id, "step": r.step, "kind": r.kind, "reason": r.reason, **(r.detail or {})}
+    return TimelineEntry(
+        id=r.id, at=r.at, kind="flow", event_id=None, field=r.flow, old=None, new=r.outcome, detail=detail
+    )
