@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.exceptions import StoreError
 from tidings.store.checkpoint import WAL_PAGES, Checkpointer
+from tidings.store.codec import json_dumps
 from tidings.store.writer import Writer
 
 T = TypeVar("T")
@@ -63,7 +64,11 @@ class Store:
             self.engine = self._sqlite_engine(sqlite_synchronous)
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                json_serializer=json_dumps,
             )
         self._checkpointer: Checkpointer | None = None  # started by the first write (SQLite files)
         self._starting = threading.Lock()
@@ -74,7 +79,11 @@ class Store:
     def _sqlite_engine(self, synchronous: str) -> Engine:
         if self.url.database and self.url.database != ":memory:":
             Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            self.url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            json_serializer=json_dumps,
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,48 @@
+"""The store's own encoders write what SQLAlchemy's defaults would, only faster."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.sqlite.base import DATETIME
+
+from tidings.store.codec import json_dumps, sqlite_timestamp
+
+SQLALCHEMY_TEXT = DATETIME().bind_processor(sqlite.dialect())
+
+
+@given(
+    st.datetimes(
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
+        )
+    )
+)
+def test_a_timestamp_is_the_text_sqlalchemys_sqlite_datetime_writes(value: datetime) -> None:
+    assert sqlite_timestamp(value) == SQLALCHEMY_TEXT(value.astimezone(UTC))
+
+
+def test_a_naive_timestamp_is_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_timestamp(datetime(2026, 11, 29, 12, 0))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"cart": {"items": [{"sku": "A1", "price": 19.99, "qty": 2}]}, "email": "zoë@example.com"},
+        {"order_id": 2**70, "nested": [2**64, -(2**65)]},  # beyond 64 bits: the fallback, exact
+        ["line\u2028separator", None, True, 0.1, 1e-7],
+    ],
+)
+def test_json_reads_back_as_the_standard_library_wrote_it(value: object) -> None:
+    assert json.loads(json_dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_integer_keys_become_strings_as_with_json_dumps() -> None:
+    assert json.loads(json_dumps({1: "a"})) == {"1": "a"}
