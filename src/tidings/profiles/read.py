@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import JSON, Connection, String, Text, cast, literal, null, select, union_all
 
 from tidings.events import IdentityError, normalise_identity
-from tidings.store.schema import flow_steps, identities, profiles, timeline
+from tidings.store.schema import Id, flow_steps, identities, profiles, timeline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,44 +94,66 @@ def load(conn: Connection, pid: int) -> ProfileView | None:
 def load_timeline(conn: Connection, pid: int, *, limit: int = 100, offset: int = 0) -> list[TimelineEntry]:
     """Newest first, by when it happened. The profile's own lines (events, changes, merges) and
     its flow runs' journal (`flow_steps`, read here rather than copied into the timeline) are
-    merged; at the same instant a flow line comes first, then the later-recorded line."""
-    need = limit + offset
-    own = (
-        select(timeline)
-        .where(timeline.c.profile_id == pid)
-        .order_by(timeline.c.at.desc(), timeline.c.id.desc())
-        .limit(need)
+    merged in one query; at the same instant a flow line comes first, then the later-recorded one."""
+    own = select(
+        literal(0).label("from_flow"),
+        timeline.c.id,
+        timeline.c.at,
+        timeline.c.kind,
+        timeline.c.event_id,
+        timeline.c.field,
+        timeline.c.old,
+        timeline.c.new,
+        timeline.c.detail,
+        # the journal's own columns, null here
+        cast(null(), Id).label("run_id"),
+        cast(null(), String).label("step"),
+        cast(null(), String).label("step_kind"),
+        cast(null(), Text).label("reason"),
+        cast(null(), String).label("outcome"),
+    ).where(timeline.c.profile_id == pid)
+    journal = select(
+        literal(1),
+        flow_steps.c.id,
+        flow_steps.c.at,
+        literal("flow"),
+        cast(null(), Id),
+        flow_steps.c.flow,
+        cast(null(), JSON),
+        cast(null(), JSON),
+        flow_steps.c.detail,
+        flow_steps.c.run_id,
+        flow_steps.c.step,
+        flow_steps.c.kind,
+        flow_steps.c.reason,
+        flow_steps.c.outcome,
+    ).where(flow_steps.c.profile_id == pid)
+    lines = union_all(own, journal).subquery()
+    stmt = (
+        select(lines)
+        .order_by(lines.c.at.desc(), lines.c.from_flow.desc(), lines.c.id.desc())
+        .limit(limit)
+        .offset(offset)
     )
-    journal = (
-        select(flow_steps)
-        .where(flow_steps.c.profile_id == pid)
-        .order_by(flow_steps.c.at.desc(), flow_steps.c.id.desc())
-        .limit(need)
+    return [_flow_line(r) if r.from_flow else _own_line(r) for r in conn.execute(stmt)]
+
+
+def _own_line(r: Any) -> TimelineEntry:
+    return TimelineEntry(
+        id=r.id,
+        at=r.at,
+        kind=r.kind,
+        event_id=r.event_id,
+        field=r.field,
+        old=r.old,
+        new=r.new,
+        detail=r.detail,
     )
-    lines = [
-        (
-            False,
-            TimelineEntry(
-                id=r.id,
-                at=r.at,
-                kind=r.kind,
-                event_id=r.event_id,
-                field=r.field,
-                old=r.old,
-                new=r.new,
-                detail=r.detail,
-            ),
-        )
-        for r in conn.execute(own)
-    ]
-    lines += [(True, _flow_line(r)) for r in conn.execute(journal)]
-    lines.sort(key=lambda line: (line[1].at, line[0], line[1].id), reverse=True)
-    return [entry for _, entry in lines[offset:need]]
 
 
 def _flow_line(r: Any) -> TimelineEntry:
     """A journal line as a timeline entry: field is the flow, new the outcome."""
-    detail = {"run_id": r.run_id, "step": r.step, "kind": r.kind, "reason": r.reason, **(r.detail or {})}
+    detail = {"run_id": r.run_id, "step": r.step, "kind": r.step_kind, "reason": r.reason, **(r.detail or {})}
     return TimelineEntry(
-        id=r.id, at=r.at, kind="flow", event_id=None, field=r.flow, old=None, new=r.outcome, detail=detail
+        id=r.id, at=r.at, kind="flow", event_id=None, field=r.field, old=None, new=r.outcome, detail=detail
     )
