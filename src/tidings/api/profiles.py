@@ -57,7 +57,7 @@ class ProfileOut(BaseModel):
 
 
 class TimelineEntryOut(BaseModel):
-    id: int
+    id: int = Field(description="the line's id; for kind flow, its line in the run's journal")
     at: datetime = Field(description="when it happened: the causing event's occurred_at")
     kind: str = Field(description="event, trait, consent, merge or flow")
     event_id: int | None = Field(None, description="the event that caused it (events and changes)")
