@@ -13,13 +13,14 @@ deterministically, and the merge is recorded.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Select, Table, and_, bindparam, insert, or_, select, update
 
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
@@ -50,9 +51,25 @@ def _newer(a: Version, b: Version | None) -> bool:
 # thousands of events pays only for executing them.
 # One kind at a time: `kind = ? AND value IN (...)` uses the primary key, where a row-value IN of
 # (kind, value) pairs makes SQLite scan the whole table (hundreds of ms at a million customers).
-_FIND_OWNERS = select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-    identities.c.kind == bindparam("kind"), identities.c.value.in_(bindparam("values", expanding=True))
-)
+
+
+@functools.cache
+def _find_owners_of(kinds: int) -> Select[Any]:
+    """Owners of identities of `kinds` kinds in one statement: (kind = :kind_i AND value IN
+    :values_i) OR ..., each term a search of the (kind, value) key (SQLite: MULTI-INDEX OR)."""
+    return select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+        or_(
+            *(
+                and_(
+                    identities.c.kind == bindparam(f"kind_{i}"),
+                    identities.c.value.in_(bindparam(f"values_{i}", expanding=True)),
+                )
+                for i in range(kinds)
+            )
+        )
+    )
+
+
 _LOCK_PROFILES = (
     select(profiles.c.id)
     .where(profiles.c.id.in_(bindparam("ids", expanding=True)))
@@ -200,9 +217,11 @@ class ProfileWriter:
         by_kind: dict[str, list[str]] = {}
         for kind, value in unknown:
             by_kind.setdefault(kind, []).append(value)
-        for kind, values in by_kind.items():
-            for row in self.conn.execute(_FIND_OWNERS, {"kind": kind, "values": values}):
-                self._owner[(row.kind, row.value)] = row.profile_id
+        params: dict[str, Any] = {}
+        for i, (kind, values) in enumerate(sorted(by_kind.items())):
+            params[f"kind_{i}"], params[f"values_{i}"] = kind, values
+        for row in self.conn.execute(_find_owners_of(len(by_kind)), params):
+            self._owner[(row.kind, row.value)] = row.profile_id
 
     def loaded(self, pid: int) -> Profile | None:
         """The profile as this batch left it, if it is in memory (written at `flush`)."""
