@@ -26,7 +26,8 @@ from tidings.delivery.effects import UPSERT_CONTACT
 from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
 from tidings.flows.catalog import FlowCatalog
-from tidings.flows.triggers import AppliedEvent, FlowTriggers, profile_doc
+from tidings.flows.context import profile_basics
+from tidings.flows.triggers import AppliedEvent, FlowTriggers
 from tidings.loop import Loop
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
 from tidings.metrics import Metrics
@@ -171,7 +172,7 @@ class Processor(Loop):
         for pid in {a.profile_id for a in done}:
             profile = writer.loaded(pid)
             if profile is not None:
-                docs[pid] = profile_doc(pid, profile.traits, profile.consent)
+                docs[pid] = profile_basics(pid, profile.traits, profile.consent)
         return docs
 
     def _enqueue_syncs(

@@ -6,14 +6,14 @@ one the events would have had one by one, in `occurred_at` order, within the bat
 
 from __future__ import annotations
 
-import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from tests.integration.test_flows import ITEMS, Shop, config, journal, run_rows, sends
-from tests.integration.test_processing import AUTH
 from tidings.store.schema import profiles
 
 BIGGER = [*ITEMS, {"product_id": "p2", "sku": "S-2", "name": "Pot", "price": 30.0, "quantity": 1}]
@@ -23,21 +23,13 @@ class Batch(Shop):
     """Calls stored now, processed together by the next `process`."""
 
     async def call(self, kind: str, body: dict[str, Any], at=None) -> None:
-        self.n += 1
-        stamp = (at or self.clock.now()).isoformat()
-        body = {"messageId": f"m{self.n}", "timestamp": stamp, **body}
-        response = await self.client.post(f"/v1/{kind}", content=json.dumps(body).encode(), headers=AUTH)
-        assert response.status_code == 200, response.text
-
-    async def process(self) -> None:
-        await self.tidings.processor.drain()
-        await self.tidings.runner.drain()
+        await self.post(kind, body, at)
 
 
-async def open_batch(running, clock, yaml_text: str) -> tuple[Any, Batch]:
-    ctx = running(yaml_text)
-    tidings, client = await ctx.__aenter__()
-    return ctx, Batch(tidings, client, clock)
+@asynccontextmanager
+async def batch_shop(running, clock, yaml_text: str) -> AsyncIterator[Batch]:
+    async with running(yaml_text) as (tidings, client):
+        yield Batch(tidings, client, clock)
 
 
 def profile_of(tidings, email: str) -> int:
@@ -53,8 +45,7 @@ def profile_of(tidings, email: str) -> int:
 
 
 async def test_two_checkouts_of_one_key_in_a_batch_start_one_run_with_the_latest_cart(running, clock) -> None:
-    ctx, s = await open_batch(running, clock, config())
-    try:
+    async with batch_shop(running, clock, config()) as s:
         await s.customer("u1", "ann@example.com")
         await s.checkout("u1", "c1", at=clock.now() - timedelta(seconds=2))
         await s.checkout("u1", "c1", items=BIGGER, value=55.0, at=clock.now() - timedelta(seconds=1))
@@ -67,13 +58,10 @@ async def test_two_checkouts_of_one_key_in_a_batch_start_one_run_with_the_latest
         await s.tidings.runner.drain()
         [sent] = sends(s.tidings)
         assert sent.payload["properties"]["cartItems"] == BIGGER
-    finally:
-        await ctx.__aexit__(None, None, None)
 
 
 async def test_one_key_from_two_customers_in_a_batch_is_the_first_customers_run(running, clock) -> None:
-    ctx, s = await open_batch(running, clock, config())
-    try:
+    async with batch_shop(running, clock, config()) as s:
         await s.customer("u1", "ann@example.com")
         await s.customer("u2", "bob@example.com")
         await s.checkout("u1", "c1", at=clock.now() - timedelta(seconds=2))
@@ -84,13 +72,10 @@ async def test_one_key_from_two_customers_in_a_batch_is_the_first_customers_run(
         assert run.context["event"]["properties"]["value"] == 55.0  # the later event is its trigger
         [started] = journal(s.tidings, "started")
         assert started.run_id == run.id
-    finally:
-        await ctx.__aexit__(None, None, None)
 
 
 async def test_reentry_never_in_a_batch_starts_one_run_per_key(running, clock) -> None:
-    ctx, s = await open_batch(running, clock, config(reentry="never"))
-    try:
+    async with batch_shop(running, clock, config(reentry="never")) as s:
         await s.customer("u1", "ann@example.com")
         await s.checkout("u1", "c1", at=clock.now() - timedelta(seconds=2))
         await s.checkout("u1", "c1", value=55.0, at=clock.now() - timedelta(seconds=1))
@@ -102,13 +87,10 @@ async def test_reentry_never_in_a_batch_starts_one_run_per_key(running, clock) -
             ("c2", 12.0),
         ]
         assert len(journal(s.tidings, "started")) == 2
-    finally:
-        await ctx.__aexit__(None, None, None)
 
 
 async def test_a_batch_refreshes_a_stored_run_and_starts_a_new_key(running, clock) -> None:
-    ctx, s = await open_batch(running, clock, config())
-    try:
+    async with batch_shop(running, clock, config()) as s:
         await s.customer("u1", "ann@example.com")
         await s.checkout("u1", "c1", at=clock.now() - timedelta(minutes=1))
         await s.process()
@@ -121,14 +103,11 @@ async def test_a_batch_refreshes_a_stored_run_and_starts_a_new_key(running, cloc
         assert first.context["event"]["properties"]["value"] == 55.0
         assert (second.run_key, second.status) == ("c2", "active")
         assert len(journal(s.tidings, "started")) == 2
-    finally:
-        await ctx.__aexit__(None, None, None)
 
 
 async def test_an_exit_and_a_new_checkout_of_the_key_in_one_batch_start_nothing_new(running, clock) -> None:
     """The run ends with the batch, so the key is still taken when the new checkout triggers."""
-    ctx, s = await open_batch(running, clock, config())
-    try:
+    async with batch_shop(running, clock, config()) as s:
         await s.customer("u1", "ann@example.com")
         await s.checkout("u1", "c1", at=clock.now() - timedelta(minutes=1))
         await s.process()
@@ -139,5 +118,3 @@ async def test_an_exit_and_a_new_checkout_of_the_key_in_one_batch_start_nothing_
         assert run.status == "exited"
         assert run.context["event"]["properties"]["value"] == 25.0
         assert [r.outcome for r in journal(s.tidings)] == ["started", "waiting", "exited"]
-    finally:
-        await ctx.__aexit__(None, None, None)

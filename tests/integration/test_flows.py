@@ -97,11 +97,18 @@ class Shop:
         self.n = 0
 
     async def call(self, kind: str, body: dict[str, Any], at=None) -> None:
+        await self.post(kind, body, at)
+        await self.process()
+
+    async def post(self, kind: str, body: dict[str, Any], at=None) -> None:
+        """The call stored, not yet processed."""
         self.n += 1
         stamp = (at or self.clock.now()).isoformat()
         body = {"messageId": f"m{self.n}", "timestamp": stamp, **body}
         response = await self.client.post(f"/v1/{kind}", content=json.dumps(body).encode(), headers=AUTH)
         assert response.status_code == 200, response.text
+
+    async def process(self) -> None:
         await self.tidings.processor.drain()
         await self.tidings.runner.drain()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,30 +24,19 @@ def event_doc(
     }
 
 
-def profile_doc(conn: Connection, pid: int) -> dict[str, Any] | None:
-    """The profile as flows see it, read now (so every decision uses the freshest data)."""
-    row = conn.execute(
-        select(profiles.c.id, profiles.c.traits, profiles.c.consent, profiles.c.merged_into).where(
-            profiles.c.id == pid
-        )
-    ).first()
-    if row is None:
-        return None
-    ids: dict[str, str] = {}
-    for r in conn.execute(
-        select(identities.c.kind, identities.c.value)
-        .where(identities.c.profile_id == pid)
-        .order_by(identities.c.first_seen_at, identities.c.kind)
-    ):
-        ids.setdefault(r.kind, r.value)
+def profile_basics(pid: int, traits: Mapping[str, Any], consent: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile as trigger conditions see it: id, traits and the state of each consent channel."""
     return {
-        "id": row.id,
-        "traits": dict(row.traits),
-        "consent": {channel: entry.get("state", "unknown") for channel, entry in row.consent.items()},
-        "identities": ids,
-        "email": ids.get("email"),
-        "phone": ids.get("phone"),
+        "id": pid,
+        "traits": dict(traits),
+        "consent": {channel: entry.get("state", "unknown") for channel, entry in consent.items()},
     }
+
+
+def profile_doc(conn: Connection, pid: int) -> dict[str, Any] | None:
+    """The profile as flows see it, read now (so every decision uses the freshest data); None if
+    it is gone or merged into another."""
+    return profile_docs(conn, {pid}).get(pid)
 
 
 def profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
@@ -68,9 +58,7 @@ def profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
         ids[r.profile_id].setdefault(r.kind, r.value)
     return {
         r.id: {
-            "id": r.id,
-            "traits": dict(r.traits),
-            "consent": {channel: entry.get("state", "unknown") for channel, entry in r.consent.items()},
+            **profile_basics(r.id, r.traits, r.consent),
             "identities": ids[r.id],
             "email": ids[r.id].get("email"),
             "phone": ids[r.id].get("phone"),

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, select
 from tidings.events import CustomerEvent
 from tidings.flows import runs
 from tidings.flows.catalog import FlowCatalog
-from tidings.flows.context import Journal, event_doc, holds
+from tidings.flows.context import Journal, event_doc, holds, profile_basics
 from tidings.flows.model import Flow
 from tidings.mapping.rules import evaluate
 from tidings.metrics import Metrics
@@ -63,7 +63,7 @@ class FlowTriggers:
     ) -> int:
         """Start, wake, refresh or end runs for these events; return how many runs became due.
 
-        `profiles`: the documents (`profile_doc`) of profiles the caller has as they are now; the
+        `profiles`: the documents (`profile_basics`) of profiles the caller has as they are now; the
         others are read.
         """
         if not self.catalog or not applied:
@@ -298,16 +298,7 @@ def _key(flow: Flow, ctx: dict[str, Any]) -> str | None:
 def _profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
     """The profiles as trigger conditions see them, read."""
     rows = conn.execute(_PROFILES, {"ids": sorted(pids)})
-    return {r.id: profile_doc(r.id, r.traits, r.consent) for r in rows}
-
-
-def profile_doc(pid: int, traits: Mapping[str, Any], consent: Mapping[str, Any]) -> dict[str, Any]:
-    """A profile as trigger conditions see it: id, traits and consent states."""
-    return {
-        "id": pid,
-        "traits": dict(traits),
-        "consent": {c: e.get("state", "unknown") for c, e in consent.items()},
-    }
+    return {r.id: profile_basics(r.id, r.traits, r.consent) for r in rows}
 
 
 _PROFILES = select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(

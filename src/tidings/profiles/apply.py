@@ -49,14 +49,12 @@ def _newer(a: Version, b: Version | None) -> bool:
 
 # Statements built once: SQLAlchemy then compiles and caches each a single time, and a batch of
 # thousands of events pays only for executing them.
-# One kind at a time: `kind = ? AND value IN (...)` uses the primary key, where a row-value IN of
-# (kind, value) pairs makes SQLite scan the whole table (hundreds of ms at a million customers).
-
-
 @functools.cache
 def _find_owners_of(kinds: int) -> Select[Any]:
     """Owners of identities of `kinds` kinds in one statement: (kind = :kind_i AND value IN
-    :values_i) OR ..., each term a search of the (kind, value) key (SQLite: MULTI-INDEX OR)."""
+    :values_i) OR ..., each term a search of the (kind, value) key (SQLite: MULTI-INDEX OR). Not a
+    row-value IN of (kind, value) pairs: with that SQLite scans the whole table (hundreds of ms at
+    a million customers)."""
     return select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
         or_(
             *(

@@ -24,11 +24,16 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+def as_utc(value: datetime) -> datetime:
+    """The store keeps aware UTC timestamps; a naive one is a bug in the caller."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store")
+    return value.astimezone(UTC)
+
+
 def sqlite_timestamp(value: datetime | None) -> str | None:
     """An aware datetime as SQLAlchemy's SQLite DATETIME text, naive UTC ("2026-11-29 12:00:00.000000"),
     in one C call rather than its formatting of each field."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to the store")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 
-from tidings.store.codec import sqlite_timestamp
+from tidings.store.codec import as_utc, sqlite_timestamp
 
 metadata = MetaData(
     naming_convention={
@@ -46,11 +46,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store")
-        return value.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], Any] | None:
         if dialect.name == "sqlite":  # the same text as DateTime's own processor, at a third the cost

@@ -103,7 +103,7 @@ class Writer:
                             outcomes.append((done, True, fn(conn)))
                     except SQLAlchemyError as exc:
                         outcomes.append((done, False, self._failed(exc)))
-                    except Exception as exc:
+                    except BaseException as exc:  # the caller's own error, as in `_alone`
                         outcomes.append((done, False, exc))
         except SQLAlchemyError as exc:  # BEGIN or the commit failed: nothing of the group holds
             error = self._failed(exc)
