@@ -3,6 +3,10 @@
 The sandbox keeps a template from reaching anything but the values it is given, so a template in
 tidings.yaml is as safe as a mapping expression. A variable a template uses but the values lack is
 an error, never a blank in a customer's email. In HTML, every value is escaped.
+
+A send's payload is a structure of templates rendered at every firing, so it is compiled once
+(`DataTemplate`): its `{{ expression }}` values become one Jinja program evaluated in one context,
+instead of a template and a context per value (a third of a firing's cost, bench/README-timers.md).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import functools
 import re
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, Undefined, nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 
@@ -44,58 +49,103 @@ def _compiled(text: str, html: bool) -> Any:
         raise TemplateProblem(f"malformed template: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=1024)
-def _expression(text: str) -> Any:
-    try:
-        return _TEXT.compile_expression(text, undefined_to_none=False)
-    except TemplateError as exc:
-        raise TemplateProblem(f"malformed expression {text!r}: {exc}") from exc
-
-
 def check(text: str) -> None:
     """Raise TemplateProblem if `text` does not parse (for config validation)."""
-    one = _ONE_EXPRESSION.match(text)
-    if one:
-        _expression(one.group(1))
-    else:
-        _compiled(text, False)
+    DataTemplate(text)
 
 
-def check_data(data: Any) -> None:
-    """`check` every string in a nested structure of dicts and lists."""
-    if isinstance(data, str):
-        check(data)
-    elif isinstance(data, dict):
-        for value in data.values():
-            check_data(value)
-    elif isinstance(data, list):
-        for value in data:
-            check_data(value)
+class _Slot(int):
+    """Where an expression's value goes: its index in the program's results."""
 
 
-def render_value(text: str, values: dict[str, Any]) -> Any:
-    """`{{ expr }}` alone gives the expression's value with its type; other text renders as text."""
-    one = _ONE_EXPRESSION.match(text)
-    if not one:
-        return render(text, values) if "{" in text else text
-    try:
-        result = _expression(one.group(1))(**values)
-        if isinstance(result, Undefined):
-            result._fail_with_undefined_error()
-    except TemplateError as exc:
-        raise TemplateProblem(str(exc)) from exc
-    return result
+class _Text(str):
+    """A string that is a template but not one expression: rendered as text."""
 
 
-def render_data(data: Any, values: dict[str, Any]) -> Any:
-    """Every string of a nested structure rendered with `render_value`; other values as they are."""
-    if isinstance(data, str):
-        return render_value(data, values)
-    if isinstance(data, dict):
-        return {key: render_data(value, values) for key, value in data.items()}
-    if isinstance(data, list):
-        return [render_data(value, values) for value in data]
-    return data
+class DataTemplate:
+    """A nested structure of dicts and lists whose strings are templates, compiled once.
+
+    `render(values)` gives the structure with each string rendered: a string that is one
+    `{{ expression }}` and nothing else gives the expression's value with its type (`{{ cart.items }}`
+    is a list), other text containing `{` renders as text, the rest is kept as it is.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.source = data
+        self._expressions: list[nodes.Expr] = []
+        self._shape = self._walk(data)
+        self._program = self._link()
+
+    def __eq__(self, other: object) -> bool:  # settings models holding one compare by source
+        return isinstance(other, DataTemplate) and other.source == self.source
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def render(self, values: dict[str, Any]) -> Any:
+        try:
+            results: list[Any] = []
+            if self._program is not None:
+                context = self._program.new_context({**_TEXT.globals, **values}, shared=True)
+                for _ in self._program.root_render_func(context):
+                    pass
+                results = [context.vars[_result(k)] for k in range(len(self._expressions))]
+                for result in results:
+                    if isinstance(result, Undefined):
+                        result._fail_with_undefined_error()
+            return self._build(self._shape, results, values)
+        except TemplateError as exc:
+            raise TemplateProblem(str(exc)) from exc
+
+    def _walk(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: self._walk(value) for key, value in data.items()}
+        if isinstance(data, list):
+            return [self._walk(value) for value in data]
+        if not isinstance(data, str):
+            return data
+        one = _ONE_EXPRESSION.match(data)
+        if one is None:
+            if "{" not in data:
+                return data
+            _compiled(data, False)
+            return _Text(data)
+        source = one.group(1)
+        try:
+            parser = Parser(_TEXT, source, state="variable")
+            expression = parser.parse_expression()
+            if not parser.stream.eos:
+                raise TemplateSyntaxError("chunk after expression", parser.stream.current.lineno)
+        except TemplateError as exc:
+            raise TemplateProblem(f"malformed expression {source!r}: {exc}") from exc
+        self._expressions.append(expression)
+        return _Slot(len(self._expressions) - 1)
+
+    def _link(self) -> Template | None:
+        """One program assigning each expression's value to a name of its own."""
+        if not self._expressions:
+            return None
+        body: list[nodes.Node] = [
+            nodes.Assign(nodes.Name(_result(k), "store"), expression, lineno=1)
+            for k, expression in enumerate(self._expressions)
+        ]
+        program = nodes.Template(body, lineno=1)
+        program.set_environment(_TEXT)
+        return _TEXT.from_string(program)
+
+    def _build(self, shape: Any, results: list[Any], values: dict[str, Any]) -> Any:
+        if isinstance(shape, _Slot):
+            return results[shape]
+        if isinstance(shape, _Text):
+            return str(_compiled(str(shape), False).render(values))
+        if isinstance(shape, dict):
+            return {key: self._build(value, results, values) for key, value in shape.items()}
+        if isinstance(shape, list):
+            return [self._build(value, results, values) for value in shape]
+        return shape
+
+
+def _result(k: int) -> str:
+    return f"_tidings_value_{k}"
 
 
 def render(text: str, values: dict[str, Any], *, html: bool = False) -> str:

@@ -21,11 +21,11 @@ import re
 from datetime import time, timedelta
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from tidings.configmodel import ConfigModel, Duration
 from tidings.mapping.rules import Expression
-from tidings.templating import TemplateProblem, check_data
+from tidings.templating import DataTemplate, TemplateProblem
 
 EXIT = "exit"  # a jump target: end the run here
 NEXT = "next"  # a jump target: the step below
@@ -135,29 +135,42 @@ class Send(ConfigModel):
     action: str
     channel: str = "email"  # whose consent the guard checks
 
+    _payload: DataTemplate = PrivateAttr()
+
     @property
     def payload(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    def render(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The payload for one firing; TemplateProblem if a template needs a value it lacks."""
+        payload: dict[str, Any] = self._payload.render(values)
+        return payload
+
     @model_validator(mode="after")
     def _templates_parse(self) -> Send:
-        try:
-            check_data(self.payload)
-        except TemplateProblem as exc:
-            raise ValueError(str(exc)) from exc
+        self._payload = _compile(self.payload)
         return self
 
 
 class UpdateProfile(ConfigModel):
     traits: dict[str, Any]
+    _traits: DataTemplate = PrivateAttr()
+
+    def render(self, values: dict[str, Any]) -> dict[str, Any]:
+        traits: dict[str, Any] = self._traits.render(values)
+        return traits
 
     @model_validator(mode="after")
     def _templates_parse(self) -> UpdateProfile:
-        try:
-            check_data(self.traits)
-        except TemplateProblem as exc:
-            raise ValueError(str(exc)) from exc
+        self._traits = _compile(self.traits)
         return self
+
+
+def _compile(data: dict[str, Any]) -> DataTemplate:
+    try:
+        return DataTemplate(data)
+    except TemplateProblem as exc:
+        raise ValueError(str(exc)) from exc
 
 
 KINDS = ("wait", "wait_for", "branch", "send", "update_profile", "exit")

@@ -35,7 +35,7 @@ from tidings.metrics import Metrics
 from tidings.profiles.apply import update_traits
 from tidings.profiles.read import resolve
 from tidings.store.schema import events, flow_steps
-from tidings.templating import TemplateProblem, render_data
+from tidings.templating import TemplateProblem
 
 MAX_STEPS = 100  # per firing; a loop always passes a wait (checked with the config)
 
@@ -222,7 +222,7 @@ class Executor:
         if step.update_profile is not None:
             ctx = self._context(run, profile, now, None)
             try:
-                traits = render_data(step.update_profile.traits, ctx)
+                traits = step.update_profile.render(ctx)
             except TemplateProblem as exc:
                 note("update_profile", "failed", f"template: {exc}")
                 return step.next
@@ -270,7 +270,7 @@ class Executor:
             return None
         ctx = self._context(run, profile, now, fresh.cart)
         try:
-            payload = render_data(send.payload, ctx)
+            payload = send.render(ctx)
         except TemplateProblem as exc:
             note("send", "skipped", f"template: {exc}")
             self._count(run, "skipped", "template")
