@@ -11,20 +11,45 @@ from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite.base import DATETIME
 
-from tidings.store.codec import json_dumps, sqlite_timestamp
+from tidings.store.codec import json_dumps, sqlite_datetime, sqlite_timestamp
 
 SQLALCHEMY_TEXT = DATETIME().bind_processor(sqlite.dialect())
-
-
-@given(
-    st.datetimes(
-        timezones=st.sampled_from(
-            [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
-        )
-    )
+SQLALCHEMY_VALUE = DATETIME().result_processor(sqlite.dialect(), None)
+AWARE = st.datetimes(
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))])
 )
+
+
+@given(AWARE)
 def test_a_timestamp_is_the_text_sqlalchemys_sqlite_datetime_writes(value: datetime) -> None:
     assert sqlite_timestamp(value) == SQLALCHEMY_TEXT(value.astimezone(UTC))
+
+
+@given(st.lists(AWARE, min_size=1, max_size=6))
+def test_repeated_timestamps_are_each_written_as_themselves(values: list[datetime]) -> None:
+    for value in values + values[::-1] + values:  # the same objects again, in other orders
+        assert sqlite_timestamp(value) == SQLALCHEMY_TEXT(value.astimezone(UTC))
+
+
+@given(AWARE)
+def test_a_stored_timestamp_reads_back_as_the_same_instant_in_utc(value: datetime) -> None:
+    text = sqlite_timestamp(value)
+    back = sqlite_datetime(text)
+    assert back == value and back is not None and back.tzinfo is UTC
+    assert back == SQLALCHEMY_VALUE(text).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-29 12:00:00", datetime(2026, 11, 29, 12, tzinfo=UTC)),  # SQLite's CURRENT_TIMESTAMP
+        ("2026-11-29 12:00:00.5", datetime(2026, 11, 29, 12, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-29T13:00:00+01:00", datetime(2026, 11, 29, 12, tzinfo=UTC)),
+        (None, None),
+    ],
+)
+def test_timestamp_text_written_by_others_reads_as_utc(text: str | None, expected: datetime | None) -> None:
+    assert sqlite_datetime(text) == expected
 
 
 def test_a_naive_timestamp_is_refused() -> None:

@@ -46,16 +46,16 @@ def test_each_firing_gets_its_own_values() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "missing"),
     [
-        {"v": "{{ profile.last_name }}"},  # a missing key is an error, never a blank
-        {"v": "{{ coupon }}"},
-        {"v": "Hi {{ profile.nickname }}"},
-        {"ok": "{{ profile.email }}", "v": "{{ coupon.code }}"},
+        ({"v": "{{ profile.last_name }}"}, "last_name"),  # a missing key is an error, never a blank
+        ({"v": "{{ coupon }}"}, "coupon"),
+        ({"v": "Hi {{ profile.nickname }}"}, "nickname"),
+        ({"ok": "{{ profile.email }}", "v": "{{ coupon.code }}"}, "coupon"),
     ],
 )
-def test_a_value_the_template_needs_but_lacks_is_a_problem(data: dict[str, str]) -> None:
-    with pytest.raises(TemplateProblem, match="undefined|nickname|last_name|coupon"):
+def test_a_value_the_template_needs_but_lacks_is_a_problem(data: dict[str, str], missing: str) -> None:
+    with pytest.raises(TemplateProblem, match=missing):
         DataTemplate(data).render(VALUES)
 
 

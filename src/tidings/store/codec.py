@@ -31,9 +31,30 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+# The last timestamp written and its text: a flow round or an event batch stamps every row it
+# writes with the same `now`, ~9 times per fired run (a tuple, so threads swap it atomically).
+_last_stamp: tuple[datetime | None, str | None] = (None, None)
+
+
 def sqlite_timestamp(value: datetime | None) -> str | None:
     """An aware datetime as SQLAlchemy's SQLite DATETIME text, naive UTC ("2026-11-29 12:00:00.000000"),
     in one C call rather than its formatting of each field."""
+    global _last_stamp
     if value is None:
         return None
-    return as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    last, text = _last_stamp
+    if value is last:
+        return text
+    text = as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    _last_stamp = (value, text)
+    return text
+
+
+def sqlite_datetime(text: str | None) -> datetime | None:
+    """SQLite DATETIME text as an aware UTC datetime: one C call (`fromisoformat`) rather than
+    SQLAlchemy's regular expression. Text is naive UTC as written above (or by SQLite's own
+    CURRENT_TIMESTAMP, without fractions); an offset, if one was stored, is honoured."""
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
