@@ -45,6 +45,14 @@ def test_each_firing_gets_its_own_values() -> None:
     assert second == {"to": "bob@example.com", "ref": "cart-2"}
 
 
+def test_a_rendered_payload_is_the_callers_to_change() -> None:
+    template = DataTemplate({"event": "Cart Reminder", "properties": {"tags": ["cart"]}})
+    first = template.render(VALUES)
+    first["email"] = "ann@example.com"  # what a send adds to its payload
+    first["properties"]["tags"].append("vip")
+    assert template.render(VALUES) == {"event": "Cart Reminder", "properties": {"tags": ["cart"]}}
+
+
 @pytest.mark.parametrize(
     ("data", "missing"),
     [
