@@ -6,7 +6,7 @@ an error, never a blank in a customer's email. In HTML, every value is escaped.
 
 A send's payload is a structure of templates rendered at every firing, so it is compiled once
 (`DataTemplate`): its `{{ expression }}` values become one Jinja program evaluated in one context,
-instead of a template and a context per value (a third of a firing's cost, bench/README-timers.md).
+instead of a template and a context per value (a sixth of a firing's CPU, bench/README-timers.md).
 """
 
 from __future__ import annotations
