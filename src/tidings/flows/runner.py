@@ -68,14 +68,14 @@ class FlowRunner(Loop):
 
     async def run_once(self) -> int:
         started, now = time.monotonic(), self.clock.now()
-        fired, asks = await self.store.write(lambda conn: self._fire(conn, now))
+        fired, asks, due = await self.store.write(lambda conn: self._fire(conn, now))
         if asks:
             answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
             later = self.clock.now()
-            await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+            due = await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
         if fired:
             self.on_enqueued()
-        await self._plan(now, started)
+        self._plan(now, started, due)
         return fired
 
     async def drain(self) -> int:
@@ -89,7 +89,11 @@ class FlowRunner(Loop):
 
     # ------------------------------------------------------------------ transactions
 
-    def _fire(self, conn: Connection, now: datetime) -> tuple[int, list[tuple[runs.Run, NeedsLookup]]]:
+    def _fire(
+        self, conn: Connection, now: datetime
+    ) -> tuple[int, list[tuple[runs.Run, NeedsLookup]], datetime | None]:
+        """Fire the runs due by `now`; return how many, those waiting for a source's answer, and
+        the next due time (read in the round's own transaction: no read of its own after it)."""
         claimed = runs.claim_due(conn, now, limit=self.batch_size, lease=LEASE)
         asks = []
         self.executor.begin(conn, claimed, now)
@@ -102,7 +106,7 @@ class FlowRunner(Loop):
                 asks.append((run, need))
         self.executor.finish(conn)
         runs.save_all(conn, claimed, now)  # one statement for the round, in the same transaction
-        return len(claimed), asks
+        return len(claimed), asks, runs.next_due(conn)
 
     def _settle(
         self,
@@ -110,7 +114,7 @@ class FlowRunner(Loop):
         asks: list[tuple[runs.Run, NeedsLookup]],
         answers: list[Live],
         now: datetime,
-    ) -> None:
+    ) -> datetime | None:
         answer_of = {run.id: answer for (run, _), answer in zip(asks, answers, strict=True)}
         mine = runs.still_claimed(conn, [run for run, _ in asks])
         self.executor.begin(conn, mine, now)
@@ -120,6 +124,7 @@ class FlowRunner(Loop):
         self.executor.finish(conn)
         for run in mine:
             runs.save(conn, run, now, claim=run.claim)
+        return runs.next_due(conn)
 
     def _execute(self, conn: Connection, run: runs.Run, now: datetime, live: Live) -> NeedsLookup | None:
         """One run's steps: a bug or bad data in one run fails that run alone. The executor keeps
@@ -149,8 +154,7 @@ class FlowRunner(Loop):
 
     # ------------------------------------------------------------------ when to look again
 
-    async def _plan(self, now: datetime, started: float) -> None:
-        due = await self.store.read(runs.next_due)
+    def _plan(self, now: datetime, started: float, due: datetime | None) -> None:
         # A timer's delay is virtual time; the loop sleeps real time (they differ on a ScaledClock).
         left = None if due is None else (due - self.clock.now()).total_seconds()
         wait = self.max_poll if left is None else real_seconds(self.clock, left)

@@ -210,8 +210,11 @@ def still_claimed(conn: Connection, runs: list[Run]) -> list[Run]:
     return [r for r in runs if claims.get(r.id) == r.claim]
 
 
+_NEXT_DUE = select(func.min(flow_runs.c.due_at)).where(flow_runs.c.status == ACTIVE)
+
+
 def next_due(conn: Connection) -> datetime | None:
-    return conn.execute(select(func.min(flow_runs.c.due_at)).where(flow_runs.c.status == ACTIVE)).scalar()
+    return conn.execute(_NEXT_DUE).scalar()
 
 
 def pending_count(conn: Connection, now: datetime, overdue_after: timedelta) -> tuple[int, int]:
