@@ -136,7 +136,7 @@ class DataTemplate:
         if isinstance(shape, _Slot):
             return results[shape]
         if isinstance(shape, _Text):
-            return str(_compiled(str(shape), False).render(values))
+            return render(shape, values)
         if isinstance(shape, dict):
             return {key: self._build(value, results, values) for key, value in shape.items()}
         if isinstance(shape, list):

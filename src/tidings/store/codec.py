@@ -1,4 +1,4 @@
-"""How values are written into the store's columns, where the defaults cost too much.
+"""How values go into the store's columns and come back, where the defaults cost too much.
 
 JSON columns (contexts, payloads, journal details: several per flow firing) are encoded with
 orjson, several times faster than the standard library's encoder; what orjson cannot encode
@@ -31,6 +31,11 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def stored_utc(value: datetime) -> datetime:
+    """A timestamp read back: naive ones are UTC (how SQLite keeps them), aware ones made UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 # The last timestamp written and its text: a flow round or an event batch stamps every row it
 # writes with the same `now`, ~9 times per fired run (a tuple, so threads swap it atomically).
 _last_stamp: tuple[datetime | None, str | None] = (None, None)
@@ -54,7 +59,4 @@ def sqlite_datetime(text: str | None) -> datetime | None:
     """SQLite DATETIME text as an aware UTC datetime: one C call (`fromisoformat`) rather than
     SQLAlchemy's regular expression. Text is naive UTC as written above (or by SQLite's own
     CURRENT_TIMESTAMP, without fractions); an offset, if one was stored, is honoured."""
-    if text is None:
-        return None
-    value = datetime.fromisoformat(text)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return None if text is None else stored_utc(datetime.fromisoformat(text))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 
-from tidings.store.codec import as_utc, sqlite_datetime, sqlite_timestamp
+from tidings.store.codec import as_utc, sqlite_datetime, sqlite_timestamp, stored_utc
 
 metadata = MetaData(
     naming_convention={
@@ -62,7 +62,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return stored_utc(value)
 
 
 requests = Table(
