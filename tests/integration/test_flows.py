@@ -571,3 +571,39 @@ flows:
 
         traits = profile_of(tidings, "ann@example.com").traits
         assert traits["welcomed"] is True and traits["welcomed_for"] == "c1"
+
+
+async def test_a_backlog_bigger_than_a_round_fires_each_run_once_in_storage_order(shop, clock) -> None:
+    """More runs overdue than a round takes: the first round takes the longest overdue, the rest
+    go in id order, skipping what ended meanwhile, and every run fires once."""
+    s = await shop(config())
+    for n in range(1, 9):
+        await s.customer(f"u{n}", f"c{n}@example.com")
+        await s.checkout(f"u{n}", f"c{n}")
+    timeouts = clock.now() + timedelta(minutes=30)
+
+    def due_in_reverse(conn) -> None:  # due order unrelated to creation order: run 8 first
+        ids = conn.execute(select(flow_runs.c.id).order_by(flow_runs.c.id.desc())).scalars()
+        for n, run in enumerate(list(ids)):
+            later = timeouts + timedelta(seconds=n)
+            conn.execute(flow_runs.update().where(flow_runs.c.id == run).values(due_at=later))
+
+    s.tidings.store.write_sync(due_in_reverse)
+    s.tidings.runner.batch_size = 3
+    clock.advance(timedelta(minutes=31))
+
+    def sent() -> list[str]:
+        return [x.payload["email"].split("@")[0] for x in sends(s.tidings)]
+
+    assert await s.tidings.runner.run_once() == 3
+    assert sent() == ["c8", "c7", "c6"]  # the longest overdue first
+    order = {"checkout_id": "c5", "order_id": "o-c5", "value": 25.0}
+    await s.post("track", {"userId": "u5", "event": "Order Completed", "properties": order})
+    await s.tidings.processor.drain()  # ends run 5 before the backlog reaches it
+    assert await s.tidings.runner.run_once() == 3
+    assert sent()[3:] == ["c1", "c2", "c3"]
+    assert await s.tidings.runner.drain() == 1
+    assert sent() == ["c8", "c7", "c6", "c1", "c2", "c3", "c4"]
+    assert [r.status for r in run_rows(s.tidings)] == ["completed"] * 4 + ["exited"] + ["completed"] * 3
+    await s.wait(60)
+    assert len(sends(s.tidings)) == 7

@@ -190,7 +190,30 @@ def save_all(conn: Connection, runs: Sequence[Run], now: datetime, *, bump: bool
 def claim_due(conn: Connection, now: datetime, *, limit: int, lease: timedelta) -> list[Run]:
     """Active runs due by `now`, oldest first, each pushed one lease ahead under a new claim."""
     stmt = _CLAIM_LOCKED if conn.dialect.name == "postgresql" else _CLAIM
-    runs = [Run.from_row(r) for r in conn.execute(stmt, {"now": now, "limit": limit})]
+    return _claimed(conn, conn.execute(stmt, {"now": now, "limit": limit}), now, lease)
+
+
+def claim_ids(conn: Connection, ids: Sequence[int], now: datetime, *, lease: timedelta) -> list[Run]:
+    """Those of `ids` still active and due by `now` (not fired or moved by anyone meanwhile),
+    claimed as `claim_due` does."""
+    if not ids:
+        return []
+    stmt = _CLAIM_IDS_LOCKED if conn.dialect.name == "postgresql" else _CLAIM_IDS
+    # Rows read by id and sifted here: with the conditions in SQL, SQLite's planner scans the
+    # (status, due_at) index over every overdue run instead. The rows are locked (PostgreSQL) or
+    # the transaction is the only writer (SQLite), so what is sifted here cannot change under it.
+    rows = conn.execute(stmt, {"ids": list(ids)})
+    due = (r for r in rows if r.status == ACTIVE and r.due_at is not None and r.due_at <= now)
+    return _claimed(conn, due, now, lease)
+
+
+def overdue_ids(conn: Connection, now: datetime, *, limit: int) -> list[int]:
+    """The ids of the `limit` runs longest overdue at `now`, in storage (id) order."""
+    return sorted(conn.execute(_OVERDUE, {"now": now, "limit": limit}).scalars())
+
+
+def _claimed(conn: Connection, rows: Iterable[Any], now: datetime, lease: timedelta) -> list[Run]:
+    runs = [Run.from_row(r) for r in rows]
     if runs:
         conn.execute(_PUSH, {"ids": [r.id for r in runs], "until": now + lease})
     for run in runs:
@@ -260,6 +283,18 @@ _CLAIM = (
     .limit(bindparam("limit"))
 )
 _CLAIM_LOCKED = _CLAIM.with_for_update(skip_locked=True)
+_CLAIM_IDS = (
+    select(flow_runs).where(flow_runs.c.id.in_(bindparam("ids", expanding=True))).order_by(flow_runs.c.id)
+)
+_CLAIM_IDS_LOCKED = _CLAIM_IDS.with_for_update(skip_locked=True)
+_OVERDUE = (
+    select(flow_runs.c.id)
+    .where(
+        flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= bindparam("now", type_=flow_runs.c.due_at.type)
+    )
+    .order_by(flow_runs.c.due_at)
+    .limit(bindparam("limit"))
+)
 _PUSH = (
     update(flow_runs)
     .where(flow_runs.c.id.in_(bindparam("ids", expanding=True)))
