@@ -1,8 +1,9 @@
-"""The shared HTTP client: several small pools, the least busy one taking each request."""
+"""The shared HTTP client: httpx's API over aiohttp's pool, as destinations rely on it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Iterator
 
@@ -12,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tidings.destinations.http import SpreadTransport, pooled_client
+from tidings.destinations.http import pooled_client
 from tidings.testing.simulator import Simulator
 
 
 class SlowEcho(Simulator):
-    """Answers after `delay` seconds with the client's port (one port per connection)."""
+    """Answers after `delay` seconds with the client's port (one port per connection) and the
+    cookies it was sent, setting one of its own."""
 
     delay = 0.05
 
@@ -27,7 +29,10 @@ class SlowEcho(Simulator):
     async def answer(self, request: Request) -> Response:
         await asyncio.sleep(self.delay)
         assert request.client is not None
-        return JSONResponse({"port": request.client.port, "pad": "x" * 5000})
+        body = {"port": request.client.port, "cookies": dict(request.cookies), "pad": "x" * 5000}
+        response = JSONResponse(body)
+        response.set_cookie("session", "tenant-a")
+        return response
 
 
 @pytest.fixture
@@ -37,40 +42,58 @@ def echo() -> Iterator[SlowEcho]:
         yield sim
 
 
-async def test_concurrent_requests_are_spread_and_bounded(echo: SlowEcho) -> None:
-    transport = SpreadTransport(http2=False, max_connections=12, per_pool=4)
-    assert len(transport.pools) == 3
-    async with httpx.AsyncClient(transport=transport) as client:
+async def test_concurrent_requests_share_a_bounded_pool(echo: SlowEcho) -> None:
+    async with pooled_client(max_connections=12) as client:
         answers = await asyncio.gather(*(client.get(f"{echo.url}/{i}") for i in range(40)))
     assert [a.status_code for a in answers] == [200] * 40
-    ports = {a.json()["port"] for a in answers}
-    assert 3 < len(ports) <= 12  # every pool used, never more connections than the limit
+    assert 3 < len({a.json()["port"] for a in answers}) <= 12  # in parallel, never above the limit
     assert echo.max_in_flight <= 12
-    assert transport.in_flight == [0, 0, 0]  # every response closed gave its place back
 
 
 async def test_one_request_at_a_time_reuses_one_connection(echo: SlowEcho) -> None:
     echo.delay = 0
-    transport = SpreadTransport(http2=False, max_connections=12, per_pool=4)
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with pooled_client() as client:
         ports = {(await client.post(echo.url, json={"n": i})).json()["port"] for i in range(10)}
     assert len(ports) == 1
 
 
-async def test_failures_and_unread_streams_give_their_place_back(echo: SlowEcho) -> None:
+async def test_the_body_and_headers_arrive_as_sent(echo: SlowEcho) -> None:
+    async with pooled_client() as client:
+        await client.post(echo.url, json={"email": "ann@example.com"}, headers={"X-Key": "k1"})
+    sent = echo.requests[-1]
+    assert json.loads(sent.body) == {"email": "ann@example.com"}
+    assert sent.headers["x-key"] == "k1"
+    assert sent.headers["content-type"] == "application/json"
+
+
+async def test_no_cookie_is_kept_from_one_call_to_the_next(echo: SlowEcho) -> None:
+    echo.delay = 0
+    async with pooled_client() as client:
+        first = await client.get(echo.url)
+        assert first.headers["set-cookie"].startswith("session=tenant-a")
+        second = await client.get(echo.url)
+    assert second.json()["cookies"] == {}
+
+
+async def test_nothing_listening_is_a_connect_error_and_the_pool_goes_on(echo: SlowEcho) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there
-    transport = SpreadTransport(http2=False, max_connections=4, per_pool=2)
-    async with httpx.AsyncClient(transport=transport) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.get(f"http://127.0.0.1:{port}/")
-        assert transport.in_flight == [0, 0]
+    async with pooled_client(max_connections=2) as client:
+        for _ in range(3):  # more failures than the pool has places
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{port}/")
         async with client.stream("GET", echo.url) as response:
             assert response.status_code == 200
-            assert sum(transport.in_flight) == 1  # busy until the body is read or closed
-        assert transport.in_flight == [0, 0]
+        assert (await client.get(echo.url)).status_code == 200
+
+
+async def test_a_slow_answer_times_out(echo: SlowEcho) -> None:
+    echo.delay = 1.0
+    async with pooled_client() as client:
+        with pytest.raises(httpx.TimeoutException):
+            await client.get(echo.url, timeout=0.1)
 
 
 async def test_a_proxy_in_the_environment_is_used(echo: SlowEcho, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,97 +1,107 @@
-"""The HTTP client every destination and lookup shares: pooled, keep-alive, HTTP/2 where offered.
+"""The HTTP client every destination and lookup shares: httpx's API over aiohttp's connections.
 
-httpcore's pool examines every one of its connections (and polls each idle socket) each time a
-request starts or ends, so its cost per request grows with the number of connections in use: at
-100 requests in flight to one host a request cost ~2 ms of CPU, against ~0.5 ms at a few
-(bench/README-e2e.md; encode/httpcore#1035). `SpreadTransport` keeps httpx and httpcore for all
-the HTTP and only splits the pool: several small pools, each request going to the one with the
-fewest requests in flight, so at low load one warm connection is reused, and under load no pool
-holds more than a few connections.
+Destinations speak httpx (requests, responses, errors). Underneath, `AiohttpTransport` sends the
+requests through aiohttp's connection pool and its C-accelerated HTTP/1.1 parser: a request to a
+local endpoint costs ~0.4 ms of CPU this way against ~1.0-1.3 ms through httpx's own httpcore
+transport, whose pool also examines every connection on each request (encode/httpcore#1035). In a
+process that hands every webhook on to a vendor, that is most of the event loop's work
+(bench/README-e2e.md, session 6). Vendors are spoken to over HTTP/1.1 with keep-alive.
 """
 
 from __future__ import annotations
 
-import math
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
+import aiohttp
 import httpx
 
 MAX_CONNECTIONS = 200
-POOL_CONNECTIONS = 8  # connections per small pool
+KEEPALIVE = 15.0  # s an idle connection is kept for the next request
+
+# aiohttp's errors as httpx's, most specific first: a destination tells a refused connection
+# (nothing was sent) from a timeout or a dropped answer (the vendor may have acted).
+_ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
+    (aiohttp.ClientOSError, httpx.NetworkError),
+    (aiohttp.ClientError, httpx.TransportError),
+)
 
 
-class SpreadTransport(httpx.AsyncBaseTransport):
-    """Spread requests over `ceil(max_connections / per_pool)` httpx transports."""
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        mapped = next(to for from_, to in _ERRORS if isinstance(exc, from_))
+        raise mapped(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
-    def __init__(
-        self,
-        *,
-        http2: bool = True,
-        max_connections: int = MAX_CONNECTIONS,
-        per_pool: int = POOL_CONNECTIONS,
-    ) -> None:
-        per_pool = min(per_pool, max_connections)
-        count = math.ceil(max_connections / per_pool)
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        tls = httpx.create_ssl_context()  # one for all: loading the CA bundle takes ~20 ms
-        self.pools = [httpx.AsyncHTTPTransport(verify=tls, http2=http2, limits=limits) for _ in range(count)]
-        self.in_flight = [0] * count
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent by an aiohttp session (made on first use, inside the running loop).
+
+    The answer's body is read before the request returns, so its connection goes back to the
+    pool at once: vendors answer in small JSON documents."""
+
+    def __init__(self, *, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.max_connections = max_connections
+        self.tls = httpx.create_ssl_context()  # loading the CA bundle takes ~20 ms: once
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, keepalive_timeout=KEEPALIVE, ssl=self.tls
+        )
+        # No cookies: vendors' APIs are keyed, and one account's cookie must not go with another's call.
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = self.in_flight.index(min(self.in_flight))
-        self.in_flight[index] += 1
-        try:
-            response = await self.pools[index].handle_async_request(request)
-        except BaseException:
-            self.in_flight[index] -= 1
-            raise
-        # The connection stays busy until the body is read and the response closed.
-        assert isinstance(response.stream, httpx.AsyncByteStream)
+        if self._session is None:
+            self._session = self._open()
+        limits = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(
+            connect=limits.get("pool"), sock_connect=limits.get("connect"), sock_read=limits.get("read")
+        )
+        with _as_httpx_errors():
+            async with self._session.request(
+                request.method,
+                str(request.url),
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+                data=await request.aread() or None,
+                allow_redirects=False,
+                auto_decompress=False,  # httpx decodes, as it does with its own transport
+                compress=False,
+                timeout=timeout,
+            ) as answer:
+                body = await answer.read()
         return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_Released(response.stream, lambda: self._release(index)),
-            extensions=response.extensions,
+            status_code=answer.status,
+            headers=answer.raw_headers,
+            content=body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (answer.reason or "").encode()},
         )
 
-    def _release(self, index: int) -> None:
-        self.in_flight[index] -= 1
-
     async def aclose(self) -> None:
-        for pool in self.pools:
-            await pool.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
-class _Released(httpx.AsyncByteStream):
-    """A response body that tells its pool's count when it is closed (once)."""
+def pooled_client(*, max_connections: int = MAX_CONNECTIONS) -> httpx.AsyncClient:
+    """The process's client for vendors: TLS verified against certifi's CA bundle, at most
+    `max_connections` connections, no cookies kept from one call to the next.
 
-    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._stream = stream
-        self._release = release
-        self._open = True
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._open:
-                self._open = False
-                self._release()
-
-
-def pooled_client(*, http2: bool = True) -> httpx.AsyncClient:
-    """The process's client for vendors: TLS verified, HTTP/2 negotiated (ALPN) with vendors that
-    serve it; plain-http simulators get HTTP/1.1.
-
-    With a proxy in the environment (HTTPS_PROXY and the like), httpx's own client takes it as it
-    always does (a transport of our own would bypass it): every request goes through the proxy's
-    pool then anyway."""
+    With a proxy in the environment (HTTPS_PROXY and the like), httpx's own transport takes it as
+    it always does: every request goes through the proxy then."""
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     if urllib.request.getproxies():
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
-        return httpx.AsyncClient(http2=http2, limits=limits)
-    return httpx.AsyncClient(transport=SpreadTransport(http2=http2))
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return httpx.AsyncClient(limits=limits, cookies=no_cookies)
+    return httpx.AsyncClient(transport=AiohttpTransport(max_connections=max_connections), cookies=no_cookies)
