@@ -101,7 +101,7 @@ class Tidings:
             metrics=self.metrics,
             prepare=ProfileRenderer(self.store, self.destinations),
         )
-        self.processor.on_applied = self.dispatcher.wake
+        self.processor.on_enqueued = self.dispatcher.wake
         self.store_gauges = StoreGauges(
             self.store, self.metrics, self.clock, destinations=list(settings.destinations)
         )

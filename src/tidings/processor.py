@@ -100,7 +100,8 @@ class Processor(Loop):
         self._set_aside: list[tuple[int, str, str | None, str]] = []  # items the last batch set aside
         self.on_runs_due: Callable[[], None] = lambda: None
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
-        self.on_applied: Callable[[], None] = lambda: None  # told after a batch applied events
+        self.enqueued = False  # profile pushes were written to the outbox since the last look
+        self.on_enqueued: Callable[[], None] = lambda: None  # the dispatcher is told
         self.mappers = mappers
         self.computed = computed
         self.clock = clock
@@ -188,6 +189,7 @@ class Processor(Loop):
         """
         for destination in self.sync_to:
             for pid, newest in touched.items():
+                self.enqueued = True
                 kind = "sync" if pid in live else "backfill"
                 outbox.enqueue(
                     conn,
@@ -300,8 +302,9 @@ class Processor(Loop):
         return conn.execute(_PENDING).first() is not None
 
     def _observe(self, applied: list[Applied]) -> None:
-        if applied:
-            self.on_applied()
+        if self.enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
+            self.enqueued = False
+            self.on_enqueued()
         if self.runs_due:
             self.runs_due = 0
             self.on_runs_due()

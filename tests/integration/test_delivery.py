@@ -364,3 +364,17 @@ async def test_effects_of_a_destination_no_longer_configured_are_dead_letters(ru
         [dead, _, delivered] = rows(tidings)
         assert (dead.status, delivered.status) == ("dead", "delivered")
         assert dead.last_error == "destination 'removed' is not configured"
+
+
+@pytest.mark.parametrize("syncs", [True, False])
+async def test_the_dispatcher_is_woken_for_profile_pushes_only(running, sink, syncs) -> None:
+    """An idle dispatcher woken for nothing would spend a write transaction looking."""
+    yaml_text = config(sink.url) if syncs else config(sink.url).split("    profile_sync:")[0]
+    async with running(yaml_text) as (tidings, client):
+        woken: list[bool] = []
+        tidings.processor.on_enqueued = lambda: woken.append(True)
+        identify = {"messageId": "a", "userId": "u1", "traits": {"email": "ann@example.com"}}
+        await post(client, "identify", identify)
+        await tidings.processor.drain()
+        assert woken == ([True] if syncs else [])
+        assert len(rows(tidings)) == (1 if syncs else 0)

@@ -607,3 +607,15 @@ async def test_a_backlog_bigger_than_a_round_fires_each_run_once_in_storage_orde
     assert [r.status for r in run_rows(s.tidings)] == ["completed"] * 4 + ["exited"] + ["completed"] * 3
     await s.wait(60)
     assert len(sends(s.tidings)) == 7
+
+
+async def test_the_dispatcher_is_woken_by_a_round_that_wrote_a_send_only(shop) -> None:
+    s = await shop(config())
+    woken: list[bool] = []
+    s.tidings.runner.on_enqueued = lambda: woken.append(True)
+    await s.customer("u1", "ann@example.com")
+    await s.checkout("u1", "c1")  # the run starts and waits: nothing to send yet
+    assert woken == []
+    await s.wait(30)
+    assert woken == [True]
+    assert len(sends(s.tidings)) == 1

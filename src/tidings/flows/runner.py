@@ -64,6 +64,7 @@ class FlowRunner(Loop):
         self.batch_size = batch_size
         self.max_poll = max_poll
         self.on_enqueued: Callable[[], None] = lambda: None  # sends were written to the outbox
+        self._enqueued = False  # by the last round (set on the writer thread, read after it)
         self._gauges_at: datetime | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._backlog: deque[int] = deque()  # ids of overdue runs, in storage order
@@ -77,7 +78,8 @@ class FlowRunner(Loop):
             answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
             later = self.clock.now()
             due = await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
-        if fired:
+        if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
+            self._enqueued = False
             self.on_enqueued()
         self._plan(now, started, due)
         return fired
@@ -108,7 +110,7 @@ class FlowRunner(Loop):
             if need is not None:
                 run.due_at = now + LEASE  # stays claimed while the source is asked
                 asks.append((run, need))
-        self.executor.finish(conn)
+        self._enqueued |= self.executor.finish(conn) > 0
         runs.save_all(conn, claimed, now)  # one statement for the round, in the same transaction
         return len(claimed), asks, runs.next_due(conn)
 
@@ -145,7 +147,7 @@ class FlowRunner(Loop):
         for run in mine:
             if self._execute(conn, run, now, answer_of[run.id]) is not None:
                 raise AssertionError("a run asked the source twice in one firing")
-        self.executor.finish(conn)
+        self._enqueued |= self.executor.finish(conn) > 0
         for run in mine:
             runs.save(conn, run, now, claim=run.claim)
         return runs.next_due(conn)

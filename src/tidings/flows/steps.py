@@ -98,13 +98,16 @@ class Executor:
         self._round = batch
         self._exit_rows = None
 
-    def finish(self, conn: Connection) -> None:
+    def finish(self, conn: Connection) -> int:
+        """Write the round's journal and sends; return how many sends."""
         self.journal.flush(conn)
+        sent = len(self._sends)
         if self._now is not None:
             outbox.enqueue_many(conn, self._sends, self._now)
         self._sends = []
         self._profiles = {}
         self._round, self._exit_rows = [], None
+        return sent
 
     def writes_at_once(self, run: runs.Run) -> bool:
         """Whether running `run` may write before the round ends (an `update_profile` step)."""
