@@ -105,3 +105,19 @@ async def test_a_proxy_in_the_environment_is_used(echo: SlowEcho, monkeypatch: p
         answer = await client.get("http://vendor.invalid/hello")  # no such host: only a proxy answers
     assert answer.status_code == 200
     assert echo.requests[-1].headers["host"] == "vendor.invalid"
+
+
+async def test_a_vendor_that_stops_reading_cannot_hang_a_send() -> None:
+    """Nobody reads the body (the kernel accepts the connection, no one reads it): the write stalls
+    once the socket buffers are full, and the request's time bound ends it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        async with pooled_client() as client:
+            post = client.post(f"http://127.0.0.1:{port}/", content=b"x" * 50_000_000, timeout=0.2)
+            with pytest.raises(httpx.TimeoutException):
+                await asyncio.wait_for(post, 10)  # a builtin TimeoutError here: the send hung
+    finally:
+        listener.close()

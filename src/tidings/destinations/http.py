@@ -10,6 +10,7 @@ process that hands every webhook on to a vendor, that is most of the event loop'
 
 from __future__ import annotations
 
+import io
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import httpx
 
 MAX_CONNECTIONS = 200
 KEEPALIVE = 15.0  # s an idle connection is kept for the next request
+LARGE_BODY = 1 << 20  # bytes; aiohttp warns that a larger body given as bytes may block the loop
 
 # aiohttp's errors as httpx's, most specific first: a destination tells a refused connection
 # (nothing was sent) from a timeout or a dropped answer (the vendor may have acted).
@@ -44,6 +46,13 @@ def _as_httpx_errors() -> Iterator[None]:
         raise mapped(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
 
+def _payload(body: bytes) -> bytes | io.BytesIO | None:
+    """A large body is handed over as a file, which aiohttp sends in chunks rather than at once."""
+    if not body:
+        return None
+    return io.BytesIO(body) if len(body) > LARGE_BODY else body
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """httpx requests sent by an aiohttp session (made on first use, inside the running loop).
 
@@ -66,15 +75,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is None:
             self._session = self._open()
         limits = request.extensions.get("timeout", {})
+        # httpx bounds each phase; aiohttp has no bound on writing the body, so the whole request
+        # is also bounded by the phases' sum: a vendor that stops reading cannot hang a send.
+        phases = [limits.get(phase) for phase in ("pool", "connect", "write", "read")]
         timeout = aiohttp.ClientTimeout(
-            connect=limits.get("pool"), sock_connect=limits.get("connect"), sock_read=limits.get("read")
+            total=None if None in phases else sum(phases),
+            connect=limits.get("pool"),
+            sock_connect=limits.get("connect"),
+            sock_read=limits.get("read"),
         )
         with _as_httpx_errors():
             async with self._session.request(
                 request.method,
                 str(request.url),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
-                data=await request.aread() or None,
+                data=_payload(await request.aread()),
                 allow_redirects=False,
                 auto_decompress=False,  # httpx decodes, as it does with its own transport
                 compress=False,
