@@ -100,7 +100,7 @@ class Processor(Loop):
         self._set_aside: list[tuple[int, str, str | None, str]] = []  # items the last batch set aside
         self.on_runs_due: Callable[[], None] = lambda: None
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
-        self.enqueued = False  # profile pushes were written to the outbox since the last look
+        self._enqueued = False  # profile pushes were written since the last look (writer thread)
         self.on_enqueued: Callable[[], None] = lambda: None  # the dispatcher is told
         self.mappers = mappers
         self.computed = computed
@@ -187,9 +187,9 @@ class Processor(Loop):
         no-trigger mode (`backfill`), under a coalesce key of its own, so a live change never
         joins a backfill push and a replay of history never starts today's automations.
         """
+        self._enqueued |= bool(self.sync_to and touched)
         for destination in self.sync_to:
             for pid, newest in touched.items():
-                self.enqueued = True
                 kind = "sync" if pid in live else "backfill"
                 outbox.enqueue(
                     conn,
@@ -302,8 +302,8 @@ class Processor(Loop):
         return conn.execute(_PENDING).first() is not None
 
     def _observe(self, applied: list[Applied]) -> None:
-        if self.enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
-            self.enqueued = False
+        if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
+            self._enqueued = False
             self.on_enqueued()
         if self.runs_due:
             self.runs_due = 0
