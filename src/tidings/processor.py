@@ -34,6 +34,7 @@ from tidings.metrics import Metrics
 from tidings.profiles.apply import ProfileWriter
 from tidings.profiles.traits import TraitRule
 from tidings.store import Store
+from tidings.store.prepared import Prepared
 from tidings.store.schema import inbox, requests
 
 log = logging.getLogger("tidings.processor")
@@ -45,12 +46,12 @@ LINGER_SECONDS = 0.005
 
 
 # Built once: the live server runs small batches, where building statements cost as much as running them.
-_SETTLE = (
+_SETTLE = Prepared(
     update(inbox)
     .where(inbox.c.id.in_(bindparam("ids", expanding=True)))
     .values(status=bindparam("_status"), error=bindparam("_error"))
 )
-_PENDING = select(inbox.c.id).where(inbox.c.status == "pending").limit(1)
+_PENDING = Prepared(select(inbox.c.id).where(inbox.c.status == "pending").limit(1))
 
 
 def _apply_all(writer: ProfileWriter, ordered: list[CustomerEvent]) -> list[AppliedEvent]:
@@ -107,7 +108,7 @@ class Processor(Loop):
         self.clock = clock
         self.metrics = metrics
         self.batch_size = batch_size
-        self._claim = (
+        self._claim = Prepared(
             select(
                 inbox.c.id,
                 inbox.c.source,
@@ -129,7 +130,7 @@ class Processor(Loop):
     def process_batch(self, conn: Connection, careful: bool = False) -> list[Applied]:
         """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
         now = self.clock.now()
-        rows = conn.execute(self._claim, {"limit": self.batch_size}).all()
+        rows = self._claim.execute(conn, {"limit": self.batch_size}).all()
         self._set_aside = []
         outcome: dict[int, tuple[str, str | None]] = {}
         mapped: list[CustomerEvent] = []
@@ -163,7 +164,7 @@ class Processor(Loop):
         for inbox_id, result in outcome.items():
             settled.setdefault(result, []).append(inbox_id)
         for (status, error), ids in settled.items():
-            conn.execute(_SETTLE, {"ids": ids, "_status": status, "_error": error})
+            _SETTLE.execute(conn, {"ids": ids, "_status": status, "_error": error})
         return applied
 
     @staticmethod
@@ -299,7 +300,7 @@ class Processor(Loop):
 
     @staticmethod
     def _pending_exists(conn: Connection) -> bool:
-        return conn.execute(_PENDING).first() is not None
+        return _PENDING.execute(conn).first() is not None
 
     def _observe(self, applied: list[Applied]) -> None:
         if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Integer, bindparam, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.delivery.effects import UPSERT_CONTACT, Effect
+from tidings.store.prepared import Prepared
 from tidings.store.schema import delivery_attempts, destination_state, identities, outbox, profiles
 
 PENDING, IN_FLIGHT, DELIVERED, DEAD = "pending", "in_flight", "delivered", "dead"
@@ -31,38 +32,29 @@ def enqueue(
 ) -> bool:
     """Add an effect; False if it is already there (same idempotency key) or coalesced into a
     pending one (same coalesce key: the pending one will carry the freshest data when sent)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(outbox).on_conflict_do_nothing()
-    added = conn.execute(
-        stmt,
-        {
-            "destination": destination,
-            "action": action,
-            "idempotency_key": idempotency_key,
-            "coalesce_key": coalesce_key,
-            "profile_id": profile_id,
-            "payload": payload,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-            "data_occurred_at": data_occurred_at,
-        },
-    ).rowcount
-    if not added and coalesce_key is not None and data_occurred_at is not None:
-        conn.execute(
-            update(outbox)
-            .where(
-                outbox.c.coalesce_key == coalesce_key,
-                outbox.c.status == PENDING,
-                or_(
-                    outbox.c.data_occurred_at.is_(None),
-                    outbox.c.data_occurred_at < data_occurred_at,
-                ),
-            )
-            .values(data_occurred_at=data_occurred_at, updated_at=now)
+    added = (
+        _ADD[conn.dialect.name == "postgresql"]
+        .execute(
+            conn,
+            {
+                "destination": destination,
+                "action": action,
+                "idempotency_key": idempotency_key,
+                "coalesce_key": coalesce_key,
+                "profile_id": profile_id,
+                "payload": payload,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+                "data_occurred_at": data_occurred_at,
+            },
         )
+        .rowcount
+    )
+    if not added and coalesce_key is not None and data_occurred_at is not None:
+        _FRESHER.execute(conn, {"key": coalesce_key, "occurred": data_occurred_at, "now": now})
     return bool(added)
 
 
@@ -72,11 +64,9 @@ def enqueue_many(conn: Connection, rows: list[dict[str, Any]], now: datetime) ->
     profile_id, data_occurred_at."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     common = {"coalesce_key": None, "status": PENDING, "attempts": 0, "next_attempt_at": now}
-    conn.execute(
-        dialect.insert(outbox).on_conflict_do_nothing(),
-        [{**common, "created_at": now, "updated_at": now, **row} for row in rows],
+    _ADD[conn.dialect.name == "postgresql"].execute_many(
+        conn, [{**common, "created_at": now, "updated_at": now, **row} for row in rows]
     )
 
 
@@ -88,7 +78,7 @@ class Claimed:
 
 
 def paused_destinations(conn: Connection, now: datetime) -> set[str]:
-    return set(conn.execute(_PAUSED, {"now": now}).scalars())
+    return set(_PAUSED.execute(conn, {"now": now}).scalars())
 
 
 def claim(
@@ -104,15 +94,15 @@ def claim(
     """
     if not destinations or limit <= 0:
         return []
-    lapsed = conn.execute(_LAPSED, {"now": now, "destinations": list(destinations), "limit": limit}).all()
-    queues = [conn.execute(_DUE, {"destination": d, "now": now, "limit": limit}).all() for d in destinations]
+    lapsed = _LAPSED.execute(conn, {"now": now, "destinations": list(destinations), "limit": limit}).all()
+    queues = [_DUE.execute(conn, {"destination": d, "now": now, "limit": limit}).all() for d in destinations]
     rows = list(lapsed[:limit])
     for turn in zip_longest(*queues):
         rows.extend(r for r in turn if r is not None)
     rows = rows[:limit]
     if not rows:
         return []
-    conn.execute(_TAKE, {"ids": [r.id for r in rows], "until": now + lease, "now": now})
+    _TAKE.execute(conn, {"ids": [r.id for r in rows], "until": now + lease, "now": now})
     return [
         Claimed(
             Effect(
@@ -160,8 +150,8 @@ def settle(conn: Connection, settlements: Sequence[Settlement], now: datetime) -
     """Record the attempts and the effects' new state: two statements, however many settled."""
     if not settlements:
         return
-    conn.execute(
-        insert(delivery_attempts),
+    _ATTEMPT.execute_many(
+        conn,
         [
             {
                 "outbox_id": s.effect_id,
@@ -175,8 +165,8 @@ def settle(conn: Connection, settlements: Sequence[Settlement], now: datetime) -
             for s in settlements
         ],
     )
-    conn.execute(
-        _SETTLE,
+    _SETTLE.execute_many(
+        conn,
         [
             {
                 "_id": s.effect_id,
@@ -195,10 +185,12 @@ def settle(conn: Connection, settlements: Sequence[Settlement], now: datetime) -
 _STATUS_AFTER = {"delivered": DELIVERED, "retry": PENDING, "paused": PENDING, "dead": DEAD}
 
 _NOW = bindparam("now", type_=outbox.c.next_attempt_at.type)
-_PAUSED = select(destination_state.c.destination).where(
-    destination_state.c.paused_until > bindparam("now", type_=destination_state.c.paused_until.type)
+_PAUSED = Prepared(
+    select(destination_state.c.destination).where(
+        destination_state.c.paused_until > bindparam("now", type_=destination_state.c.paused_until.type)
+    )
 )
-_DUE = (
+_DUE = Prepared(
     select(outbox)
     .where(
         outbox.c.destination == bindparam("destination"),
@@ -209,7 +201,7 @@ _DUE = (
     .limit(bindparam("limit", type_=Integer))
     .with_for_update(skip_locked=True)
 )
-_LAPSED = (
+_LAPSED = Prepared(
     select(outbox)
     .where(
         outbox.c.status == IN_FLIGHT,
@@ -220,7 +212,7 @@ _LAPSED = (
     .limit(bindparam("limit", type_=Integer))
     .with_for_update(skip_locked=True)
 )
-_TAKE = (
+_TAKE = Prepared(
     update(outbox)
     .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
     .values(
@@ -230,7 +222,7 @@ _TAKE = (
         updated_at=_NOW,
     )
 )
-_SETTLE = (
+_SETTLE = Prepared(
     update(outbox)
     .where(outbox.c.id == bindparam("_id"))
     .values(
@@ -243,6 +235,38 @@ _SETTLE = (
         lease_until=None,
         last_error=bindparam("_error"),
         updated_at=bindparam("_now", type_=outbox.c.updated_at.type),
+    )
+)
+
+
+_DIALECTS = ((False, sqlite), (True, postgresql))
+# By whether the store is PostgreSQL: an effect whose idempotency key is there is left out.
+_ADD = {pg: Prepared(dialect.insert(outbox).on_conflict_do_nothing()) for pg, dialect in _DIALECTS}
+# A coalesced effect carries the newest data of the ones folded into it.
+_FRESHER = Prepared(
+    update(outbox)
+    .where(
+        outbox.c.coalesce_key == bindparam("key"),
+        outbox.c.status == PENDING,
+        or_(
+            outbox.c.data_occurred_at.is_(None),
+            outbox.c.data_occurred_at < bindparam("occurred", type_=outbox.c.data_occurred_at.type),
+        ),
+    )
+    .values(
+        data_occurred_at=bindparam("occurred", type_=outbox.c.data_occurred_at.type),
+        updated_at=bindparam("now", type_=outbox.c.updated_at.type),
+    )
+)
+_ATTEMPT = Prepared(insert(delivery_attempts))
+_SUCCEEDED = Prepared(
+    update(destination_state)
+    .where(destination_state.c.destination == bindparam("_destination"))
+    .values(
+        consecutive_failures=0,
+        paused_until=None,
+        paused_reason=None,
+        updated_at=bindparam("now", type_=destination_state.c.updated_at.type),
     )
 )
 
@@ -271,11 +295,7 @@ def note_failure(conn: Connection, destination: str, now: datetime) -> int:
 
 
 def note_success(conn: Connection, destination: str, now: datetime) -> None:
-    conn.execute(
-        update(destination_state)
-        .where(destination_state.c.destination == destination)
-        .values(consecutive_failures=0, paused_until=None, paused_reason=None, updated_at=now)
-    )
+    _SUCCEEDED.execute(conn, {"_destination": destination, "now": now})
 
 
 def pause(conn: Connection, destination: str, now: datetime, until: datetime, reason: str) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from tidings.mapping.rules import evaluate
+from tidings.store.prepared import Prepared
 from tidings.store.schema import flow_steps, identities, profiles
 
 
@@ -44,17 +45,9 @@ def profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
     runs follow the merge one by one)."""
     if not pids:
         return {}
-    rows = conn.execute(
-        select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
-            profiles.c.id.in_(sorted(pids)), profiles.c.merged_into.is_(None)
-        )
-    ).all()
+    rows = _PROFILES.execute(conn, {"ids": sorted(pids)}).all()
     ids: dict[int, dict[str, str]] = {r.id: {} for r in rows}
-    for r in conn.execute(
-        select(identities.c.profile_id, identities.c.kind, identities.c.value)
-        .where(identities.c.profile_id.in_(sorted(ids)))
-        .order_by(identities.c.first_seen_at, identities.c.kind)
-    ):
+    for r in _IDENTITIES.execute(conn, {"ids": sorted(ids)}) if ids else ():
         ids[r.profile_id].setdefault(r.kind, r.value)
     return {
         r.id: {
@@ -139,5 +132,18 @@ class Journal:
 
     def flush(self, conn: Connection) -> None:
         if self.lines:
-            conn.execute(insert(flow_steps), self.lines)
+            _JOURNAL.execute_many(conn, self.lines)
             self.lines = []
+
+
+_PROFILES = Prepared(
+    select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
+        profiles.c.id.in_(bindparam("ids", expanding=True)), profiles.c.merged_into.is_(None)
+    )
+)
+_IDENTITIES = Prepared(
+    select(identities.c.profile_id, identities.c.kind, identities.c.value)
+    .where(identities.c.profile_id.in_(bindparam("ids", expanding=True)))
+    .order_by(identities.c.first_seen_at, identities.c.kind)
+)
+_JOURNAL = Prepared(insert(flow_steps))

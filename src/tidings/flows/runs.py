@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Integer, Update, bindparam, func, select, update
+from sqlalchemy import Connection, Integer, Select, Update, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from tidings.store.prepared import Prepared
 from tidings.store.schema import flow_runs
 
 ACTIVE, COMPLETED, EXITED, FAILED = "active", "completed", "exited", "failed"
@@ -84,8 +85,8 @@ def active_for_profiles(conn: Connection, pids: Iterable[int]) -> list[Run]:
     ids = sorted(set(pids))
     if not ids:
         return []
-    stmt = _ACTIVE_FOR.with_for_update() if conn.dialect.name == "postgresql" else _ACTIVE_FOR
-    rows = conn.execute(stmt, {"pids": ids})
+    stmt = _ACTIVE_FOR_LOCKED if conn.dialect.name == "postgresql" else _ACTIVE_FOR
+    rows = stmt.execute(conn, {"pids": ids})
     return [Run.from_row(r) for r in rows]
 
 
@@ -129,13 +130,13 @@ def start(conn: Connection, new: Sequence[NewRun], now: datetime) -> dict[tuple[
         }
         for n in new
     ]
-    return {(r.flow, r.active_key): int(r.id) for r in conn.execute(stmt, params)}
+    return {(r.flow, r.active_key): int(r.id) for r in stmt.execute_many(conn, params)}
 
 
 def active_run(conn: Connection, flow: str, key: str) -> Run | None:
     """The active run of (flow, key), locked on PostgreSQL (its caller changes it)."""
     stmt = _ACTIVE_RUN_LOCKED if conn.dialect.name == "postgresql" else _ACTIVE_RUN
-    row = conn.execute(stmt, {"flow": flow, "key": key}).first()
+    row = stmt.execute(conn, {"flow": flow, "key": key}).first()
     return Run.from_row(row) if row is not None else None
 
 
@@ -143,7 +144,7 @@ def ever_ran(conn: Connection, flow: str, keys: Collection[str]) -> set[str]:
     """Those of `keys` that had a run of `flow`, active or ended."""
     if not keys:
         return set()
-    return set(conn.execute(_EVER_RAN, {"flow": flow, "keys": sorted(keys)}).scalars())
+    return set(_EVER_RAN.execute(conn, {"flow": flow, "keys": sorted(keys)}).scalars())
 
 
 def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None, bump: bool = False) -> bool:
@@ -153,7 +154,7 @@ def save(conn: Connection, run: Run, now: datetime, *, claim: int | None = None,
     decided was decided on the old state.
     """
     params = _state(run, now) if claim is None else {**_state(run, now), "_claim": claim}
-    done = conn.execute(_SAVE[(claim is not None, bump)], params).rowcount
+    done = _SAVE[(claim is not None, bump)].execute(conn, params).rowcount
     run.dirty = False
     return bool(done)
 
@@ -182,7 +183,7 @@ def save_all(conn: Connection, runs: Sequence[Run], now: datetime, *, bump: bool
     transaction, so no claim check), or the runs a batch of events changed (`bump`)."""
     if not runs:
         return
-    conn.execute(_SAVE[(False, bump)], [_state(run, now) for run in runs])
+    _SAVE[(False, bump)].execute_many(conn, [_state(run, now) for run in runs])
     for run in runs:
         run.dirty = False
 
@@ -190,7 +191,7 @@ def save_all(conn: Connection, runs: Sequence[Run], now: datetime, *, bump: bool
 def claim_due(conn: Connection, now: datetime, *, limit: int, lease: timedelta) -> list[Run]:
     """Active runs due by `now`, oldest first, each pushed one lease ahead under a new claim."""
     stmt = _CLAIM_LOCKED if conn.dialect.name == "postgresql" else _CLAIM
-    return _claimed(conn, conn.execute(stmt, {"now": now, "limit": limit}), now, lease)
+    return _claimed(conn, stmt.execute(conn, {"now": now, "limit": limit}), now, lease)
 
 
 def claim_ids(conn: Connection, ids: Sequence[int], now: datetime, *, lease: timedelta) -> list[Run]:
@@ -202,20 +203,20 @@ def claim_ids(conn: Connection, ids: Sequence[int], now: datetime, *, lease: tim
     # Rows read by id and sifted here: with the conditions in SQL, SQLite's planner scans the
     # (status, due_at) index over every overdue run instead. The rows are locked (PostgreSQL) or
     # the transaction is the only writer (SQLite), so what is sifted here cannot change under it.
-    rows = conn.execute(stmt, {"ids": list(ids)})
+    rows = stmt.execute(conn, {"ids": list(ids)})
     due = (r for r in rows if r.status == ACTIVE and r.due_at is not None and r.due_at <= now)
     return _claimed(conn, due, now, lease)
 
 
 def overdue_ids(conn: Connection, now: datetime, *, limit: int) -> list[int]:
     """The ids of the `limit` runs longest overdue at `now`, in storage (id) order."""
-    return sorted(conn.execute(_OVERDUE, {"now": now, "limit": limit}).scalars())
+    return sorted(_OVERDUE.execute(conn, {"now": now, "limit": limit}).scalars())
 
 
 def _claimed(conn: Connection, rows: Iterable[Any], now: datetime, lease: timedelta) -> list[Run]:
     runs = [Run.from_row(r) for r in rows]
     if runs:
-        conn.execute(_PUSH, {"ids": [r.id for r in runs], "until": now + lease})
+        _PUSH.execute(conn, {"ids": [r.id for r in runs], "until": now + lease})
     for run in runs:
         run.overdue_since = run.due_at
         run.claim += 1
@@ -226,18 +227,25 @@ def still_claimed(conn: Connection, runs: list[Run]) -> list[Run]:
     """Those of `runs` nobody else took over since they were claimed (locked on PostgreSQL)."""
     if not runs:
         return []
-    stmt = select(flow_runs.c.id, flow_runs.c.claim).where(flow_runs.c.id.in_([r.id for r in runs]))
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    claims = {r.id: r.claim for r in conn.execute(stmt)}
+    stmt = _CLAIMS_LOCKED if conn.dialect.name == "postgresql" else _CLAIMS
+    claims = {r.id: r.claim for r in stmt.execute(conn, {"ids": [r.id for r in runs]})}
     return [r for r in runs if claims.get(r.id) == r.claim]
 
 
-_NEXT_DUE = select(func.min(flow_runs.c.due_at)).where(flow_runs.c.status == ACTIVE)
+def _plain_and_locked(stmt: Select[Any], *, skip_locked: bool = False) -> tuple[Prepared, Prepared]:
+    """The statement, and the same locking its rows (PostgreSQL: SQLite's writer holds the store)."""
+    return Prepared(stmt), Prepared(stmt.with_for_update(skip_locked=skip_locked))
+
+
+_CLAIMS, _CLAIMS_LOCKED = _plain_and_locked(
+    select(flow_runs.c.id, flow_runs.c.claim).where(flow_runs.c.id.in_(bindparam("ids", expanding=True)))
+)
+_NEXT_DUE = Prepared(select(func.min(flow_runs.c.due_at)).where(flow_runs.c.status == ACTIVE))
 
 
 def next_due(conn: Connection) -> datetime | None:
-    return conn.execute(_NEXT_DUE).scalar()
+    due: datetime | None = _NEXT_DUE.execute(conn).scalar()
+    return due
 
 
 def pending_count(conn: Connection, now: datetime, overdue_after: timedelta) -> tuple[int, int]:
@@ -274,7 +282,7 @@ _SAVE_ALL = (
 
 # Built once: a round at a steady due rate fires one or two runs, so building these per round
 # cost about as much as the firing (bench/timers.py, steady phase).
-_CLAIM = (
+_CLAIM_SELECT = (
     select(flow_runs)
     .where(
         flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= bindparam("now", type_=flow_runs.c.due_at.type)
@@ -282,12 +290,12 @@ _CLAIM = (
     .order_by(flow_runs.c.due_at)
     .limit(bindparam("limit"))
 )
-_CLAIM_LOCKED = _CLAIM.with_for_update(skip_locked=True)
-_CLAIM_IDS = (
+_CLAIM, _CLAIM_LOCKED = _plain_and_locked(_CLAIM_SELECT, skip_locked=True)
+_CLAIM_IDS_SELECT = (
     select(flow_runs).where(flow_runs.c.id.in_(bindparam("ids", expanding=True))).order_by(flow_runs.c.id)
 )
-_CLAIM_IDS_LOCKED = _CLAIM_IDS.with_for_update(skip_locked=True)
-_OVERDUE = (
+_CLAIM_IDS, _CLAIM_IDS_LOCKED = _plain_and_locked(_CLAIM_IDS_SELECT, skip_locked=True)
+_OVERDUE = Prepared(
     select(flow_runs.c.id)
     .where(
         flow_runs.c.status == ACTIVE, flow_runs.c.due_at <= bindparam("now", type_=flow_runs.c.due_at.type)
@@ -295,7 +303,7 @@ _OVERDUE = (
     .order_by(flow_runs.c.due_at)
     .limit(bindparam("limit"))
 )
-_PUSH = (
+_PUSH = Prepared(
     update(flow_runs)
     .where(flow_runs.c.id.in_(bindparam("ids", expanding=True)))
     .values(due_at=bindparam("until", type_=flow_runs.c.due_at.type), claim=flow_runs.c.claim + 1)
@@ -303,16 +311,18 @@ _PUSH = (
 
 # Built once, like the runner's: the processor starts runs and saves them in every batch.
 _START_SQLITE, _START_PG = (
-    dialect.insert(flow_runs)
-    .on_conflict_do_nothing()
-    .returning(flow_runs.c.id, flow_runs.c.flow, flow_runs.c.active_key)
+    Prepared(
+        dialect.insert(flow_runs)
+        .on_conflict_do_nothing()
+        .returning(flow_runs.c.id, flow_runs.c.flow, flow_runs.c.active_key)
+    )
     for dialect in (sqlite, postgresql)
 )
-_ACTIVE_RUN = select(flow_runs).where(
+_ACTIVE_RUN_SELECT = select(flow_runs).where(
     flow_runs.c.flow == bindparam("flow"), flow_runs.c.active_key == bindparam("key")
 )
-_ACTIVE_RUN_LOCKED = _ACTIVE_RUN.with_for_update()
-_EVER_RAN = (
+_ACTIVE_RUN, _ACTIVE_RUN_LOCKED = _plain_and_locked(_ACTIVE_RUN_SELECT)
+_EVER_RAN = Prepared(
     select(flow_runs.c.run_key)
     .distinct()
     .where(flow_runs.c.flow == bindparam("flow"), flow_runs.c.run_key.in_(bindparam("keys", expanding=True)))
@@ -330,10 +340,12 @@ def _save_statement(checked: bool, bump: bool) -> Update:
 
 # By (checked against a claim, bumping the claim).
 _SAVE = {
-    (checked, bump): _save_statement(checked, bump) for checked in (False, True) for bump in (False, True)
+    (checked, bump): Prepared(_save_statement(checked, bump))
+    for checked in (False, True)
+    for bump in (False, True)
 }
 
-_ACTIVE_FOR = (
+_ACTIVE_FOR_SELECT = (
     select(flow_runs)
     .where(
         flow_runs.c.profile_id.in_(bindparam("pids", expanding=True)),
@@ -341,3 +353,4 @@ _ACTIVE_FOR = (
     )
     .order_by(flow_runs.c.id)
 )
+_ACTIVE_FOR, _ACTIVE_FOR_LOCKED = _plain_and_locked(_ACTIVE_FOR_SELECT)

@@ -34,12 +34,13 @@ from tidings.mapping.rules import evaluate
 from tidings.metrics import Metrics
 from tidings.profiles.apply import update_traits
 from tidings.profiles.read import resolve
+from tidings.store.prepared import Prepared
 from tidings.store.schema import events, flow_steps
 from tidings.templating import TemplateProblem
 
 MAX_STEPS = 100  # per firing; a loop always passes a wait (checked with the config)
 
-_EXIT_EVENTS = (
+_EXIT_EVENTS = Prepared(
     select(
         events.c.id,
         events.c.profile_id,
@@ -416,7 +417,7 @@ class Executor:
         if pid in by_profile and names <= covered and since >= known:
             return [r for r in by_profile[pid] if r.name in names and r.occurred_at >= since]
         params = {"pids": [pid], "names": sorted(names), "since": since}
-        return list(conn.execute(_EXIT_EVENTS, params))
+        return _EXIT_EVENTS.execute(conn, params).all()
 
     def _read_history(self, conn: Connection) -> tuple[datetime, set[str], dict[int, list[Any]]]:
         names = self.catalog.exit_names()
@@ -426,7 +427,7 @@ class Executor:
         since = min(datetime.fromisoformat(str(f)) for f in firsts) - SKEW
         by_profile: dict[int, list[Any]] = {r.profile_id: [] for r in self._round}
         params = {"pids": sorted(by_profile), "names": sorted(names), "since": since}
-        for row in conn.execute(_EXIT_EVENTS, params):
+        for row in _EXIT_EVENTS.execute(conn, params):
             by_profile[row.profile_id].append(row)
         return since, names, by_profile
 
@@ -486,12 +487,15 @@ def _cart_from(state: CartState) -> dict[str, Any]:
 
 
 def _sends_since(conn: Connection, profile_id: int, since: datetime, flow: str | None) -> int:
-    stmt = select(func.count()).where(
-        flow_steps.c.profile_id == profile_id,
-        flow_steps.c.kind == "send",
-        flow_steps.c.outcome == "sent",
-        flow_steps.c.at > since,
-    )
-    if flow is not None:
-        stmt = stmt.where(flow_steps.c.flow == flow)
-    return int(conn.execute(stmt).scalar_one())
+    params = {"pid": profile_id, "since": since, "flow": flow}
+    return int(_SENDS_SINCE[flow is not None].execute(conn, params).scalar_one())
+
+
+_SENT = select(func.count()).where(
+    flow_steps.c.profile_id == bindparam("pid"),
+    flow_steps.c.kind == "send",
+    flow_steps.c.outcome == "sent",
+    flow_steps.c.at > bindparam("since", type_=flow_steps.c.at.type),
+)
+# By whether the count is of one flow's sends.
+_SENDS_SINCE = {False: Prepared(_SENT), True: Prepared(_SENT.where(flow_steps.c.flow == bindparam("flow")))}

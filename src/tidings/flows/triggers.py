@@ -25,6 +25,7 @@ from tidings.flows.context import Journal, event_doc, holds, profile_basics
 from tidings.flows.model import Flow
 from tidings.mapping.rules import evaluate
 from tidings.metrics import Metrics
+from tidings.store.prepared import Prepared
 from tidings.store.schema import profiles
 
 log = logging.getLogger("tidings.flows")
@@ -297,10 +298,12 @@ def _key(flow: Flow, ctx: dict[str, Any]) -> str | None:
 
 def _profile_docs(conn: Connection, pids: set[int]) -> dict[int, dict[str, Any]]:
     """The profiles as trigger conditions see them, read."""
-    rows = conn.execute(_PROFILES, {"ids": sorted(pids)})
+    rows = _PROFILES.execute(conn, {"ids": sorted(pids)})
     return {r.id: profile_basics(r.id, r.traits, r.consent) for r in rows}
 
 
-_PROFILES = select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
-    profiles.c.id.in_(bindparam("ids", expanding=True))
+_PROFILES = Prepared(
+    select(profiles.c.id, profiles.c.traits, profiles.c.consent).where(
+        profiles.c.id.in_(bindparam("ids", expanding=True))
+    )
 )

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, update
 
 from tidings.events import CustomerEvent, Identity
 from tidings.mapping.rules import evaluate
 from tidings.profiles.traits import AGGREGATES, TraitRule
+from tidings.store.prepared import Prepared
 from tidings.store.schema import (
     events,
     flow_runs,
@@ -50,32 +51,34 @@ def _newer(a: Version, b: Version | None) -> bool:
 # Statements built once: SQLAlchemy then compiles and caches each a single time, and a batch of
 # thousands of events pays only for executing them.
 @functools.cache
-def _find_owners_of(kinds: int) -> Select[Any]:
+def _find_owners_of(kinds: int) -> Prepared:
     """Owners of identities of `kinds` kinds in one statement: (kind = :kind_i AND value IN
     :values_i) OR ..., each term a search of the (kind, value) key (SQLite: MULTI-INDEX OR). Not a
     row-value IN of (kind, value) pairs: with that SQLite scans the whole table (hundreds of ms at
     a million customers)."""
-    return select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-        or_(
-            *(
-                and_(
-                    identities.c.kind == bindparam(f"kind_{i}"),
-                    identities.c.value.in_(bindparam(f"values_{i}", expanding=True)),
+    return Prepared(
+        select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+            or_(
+                *(
+                    and_(
+                        identities.c.kind == bindparam(f"kind_{i}"),
+                        identities.c.value.in_(bindparam(f"values_{i}", expanding=True)),
+                    )
+                    for i in range(kinds)
                 )
-                for i in range(kinds)
             )
         )
     )
 
 
-_LOCK_PROFILES = (
+_LOCK_PROFILES = Prepared(
     select(profiles.c.id)
     .where(profiles.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(profiles.c.id)
     .with_for_update()
 )
-_LOAD = select(profiles).where(profiles.c.id == bindparam("pid"))
-_SAVE = (
+_LOAD = Prepared(select(profiles).where(profiles.c.id == bindparam("pid")))
+_SAVE = Prepared(
     update(profiles)
     .where(profiles.c.id == bindparam("pid"))
     .values(
@@ -86,11 +89,14 @@ _SAVE = (
         updated_at=bindparam("now"),
     )
 )
-_EXISTING_EVENTS = select(events.c.inbox_id, events.c.id).where(
-    events.c.inbox_id.in_(bindparam("inbox_ids", expanding=True))
+_EXISTING_EVENTS = Prepared(
+    select(events.c.inbox_id, events.c.id).where(
+        events.c.inbox_id.in_(bindparam("inbox_ids", expanding=True))
+    )
 )
-_INSERT = {table: insert(table) for table in (events, identities, profiles, timeline)}
-_UPDATE_EVENT = update(events).where(events.c.id == bindparam("event_id"))
+_INSERT = {table: Prepared(insert(table)) for table in (identities, timeline)}
+_INSERT_ID = {table: Prepared(insert(table).returning(table.c.id)) for table in (events, profiles)}
+_UPDATE_EVENT = Prepared(update(events).where(events.c.id == bindparam("event_id")))
 _CONTRIBUTING = select(
     events.c.name,
     events.c.occurred_at,
@@ -150,9 +156,9 @@ class ProfileWriter:
         """
         self._find_owners({(i.kind, i.value) for e in batch for i in e.identities})
         if self.lock and self._owner:
-            self.conn.execute(_LOCK_PROFILES, {"ids": sorted(set(self._owner.values()))}).all()
+            _LOCK_PROFILES.execute(self.conn, {"ids": sorted(set(self._owner.values()))})
         if batch:
-            rows = self.conn.execute(_EXISTING_EVENTS, {"inbox_ids": [e.inbox_id for e in batch]})
+            rows = _EXISTING_EVENTS.execute(self.conn, {"inbox_ids": [e.inbox_id for e in batch]})
             self._event_ids.update({r.inbox_id: r.id for r in rows})
         return {e.inbox_id for e in batch if e.inbox_id in self._event_ids}
 
@@ -182,8 +188,8 @@ class ProfileWriter:
     def flush(self) -> None:
         """Write the changed profiles and the timeline rows."""
         if self._dirty:
-            self.conn.execute(
-                _SAVE,
+            _SAVE.execute_many(
+                self.conn,
                 [
                     {
                         "pid": p.id,
@@ -202,7 +208,7 @@ class ProfileWriter:
                 note["profile_id"] = pid = self._current(note["profile_id"])
                 if note["kind"] != "event":
                     self.touched[pid] = max(note["at"], self.touched.get(pid, note["at"]))
-            self.conn.execute(_INSERT[timeline], self._notes)
+            _INSERT[timeline].execute_many(self.conn, self._notes)
             self._notes = []
 
     # ------------------------------------------------------------------ identity
@@ -218,7 +224,7 @@ class ProfileWriter:
         params: dict[str, Any] = {}
         for i, (kind, values) in enumerate(sorted(by_kind.items())):
             params[f"kind_{i}"], params[f"values_{i}"] = kind, values
-        for row in self.conn.execute(_find_owners_of(len(by_kind)), params):
+        for row in _find_owners_of(len(by_kind)).execute(self.conn, params):
             self._owner[(row.kind, row.value)] = row.profile_id
 
     def loaded(self, pid: int) -> Profile | None:
@@ -257,8 +263,8 @@ class ProfileWriter:
                 self._merge(profile, self._load(other), event)
         new = [k for k in keys if k not in self._owner]
         if new:
-            self.conn.execute(
-                _INSERT[identities],
+            _INSERT[identities].execute_many(
+                self.conn,
                 [
                     {"kind": k, "value": v, "profile_id": profile.id, "first_seen_at": self.now}
                     for k, v in new
@@ -269,15 +275,13 @@ class ProfileWriter:
         return profile
 
     def _insert(self, table: Table, values: dict[str, Any]) -> int:
-        key = self.conn.execute(_INSERT[table], values).inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return int(_INSERT_ID[table].execute(self.conn, values).scalar_one())
 
     def _load(self, pid: int) -> Profile:
         cached = self._profiles.get(pid)
         if cached is not None:
             return cached
-        row = self.conn.execute(_LOAD, {"pid": pid}).one()
+        row = _LOAD.execute(self.conn, {"pid": pid}).one()
         profile = Profile(
             row.id,
             dict(row.traits),
@@ -365,7 +369,7 @@ class ProfileWriter:
         }
         existing = self._event_ids.get(event.inbox_id)
         if existing is not None:  # a replay: the event's content may have changed with the mapping
-            self.conn.execute(_UPDATE_EVENT, {"event_id": existing, **values})
+            _UPDATE_EVENT.execute(self.conn, {"event_id": existing, **values})
             return existing, False
         event_id = self._insert(events, {"inbox_id": event.inbox_id, **values})
         self._event_ids[event.inbox_id] = event_id

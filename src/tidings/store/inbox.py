@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tidings.ingest.base import InboundRequest, Outcome, Reception
+from tidings.store.prepared import Prepared
 from tidings.store.schema import dedupe_keys, inbox, requests
 
 
@@ -24,17 +25,21 @@ class Submission:
 # Built once: at a steady trickle, each commit holds a few requests and building statements
 # would cost more than running them.
 _ADD_KEYS = {
-    name: dialect.insert(dedupe_keys)
-    .on_conflict_do_nothing()
-    .returning(dedupe_keys.c.source, dedupe_keys.c.key)
+    name: Prepared(
+        dialect.insert(dedupe_keys)
+        .on_conflict_do_nothing()
+        .returning(dedupe_keys.c.source, dedupe_keys.c.key)
+    )
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
-_INSERT = {table.name: insert(table) for table in (requests, inbox)}
+_INSERT = {table.name: Prepared(insert(table)) for table in (requests, inbox)}
 _INSERT_RETURNING = {
     table.name: insert(table).returning(table.c.id, sort_by_parameter_order=True)
     for table in (requests, inbox)
 }
-_NEXT_ID = {table.name: select(func.coalesce(func.max(table.c.id), 0) + 1) for table in (requests, inbox)}
+_NEXT_ID = {
+    table.name: Prepared(select(func.coalesce(func.max(table.c.id), 0) + 1)) for table in (requests, inbox)
+}
 
 
 def commit_batch(
@@ -61,7 +66,7 @@ def commit_batch(
         expires = now + dedupe_window
         rows = [{"source": s, "key": k, "first_seen_at": now, "expires_at": expires} for s, k in in_batch]
         stmt = _ADD_KEYS["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
-        added = {(r.source, r.key) for r in conn.execute(stmt, rows)}
+        added = {(r.source, r.key) for r in stmt.execute_many(conn, rows)}
     fresh = [(s, i, keys) for s, i, keys in candidates if all(k in added for k in keys)]
 
     with_news = sorted({s for s, _, _ in fresh})
@@ -94,9 +99,9 @@ def _insert_all(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> l
     if not rows:
         return []
     if conn.dialect.name == "sqlite":
-        first = conn.execute(_NEXT_ID[table.name]).scalar_one()
+        first = _NEXT_ID[table.name].execute(conn).scalar_one()
         ids = list(range(first, first + len(rows)))
-        conn.execute(_INSERT[table.name], [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
+        _INSERT[table.name].execute_many(conn, [{**row, "id": i} for row, i in zip(rows, ids, strict=True)])
         return ids
     return list(conn.execute(_INSERT_RETURNING[table.name], rows).scalars())
 
