@@ -7,11 +7,11 @@ What runs, all on this machine over loopback (127.0.0.1 only):
 - the destination: tidings.testing.WebhookSink (checks every Standard Webhooks signature, answers
   at once) in its own process, recording each request's arrival (time.monotonic(), which is the
   machine-wide CLOCK_MONOTONIC, the same clock this script reads);
-- the load: this script, asyncio + httpx with a pacing loop: signed `checkouts/create` webhooks at a
+- the load: this script, asyncio + aiohttp with a pacing loop: signed `checkouts/create` webhooks at a
   steady --rate, each with its own checkout token (= the flow's run key), posted at its slot
   whatever the answers do (open loop).
 
-Measured per webhook: from its send (the moment this script hands it to httpx) to the flow's
+Measured per webhook: from its send (the moment this script hands it to aiohttp) to the flow's
 request arriving at the sink. Webhooks sent during the --warmup are not counted. Each run uses a
 fresh server and store; the summary is the median of --runs runs.
 
@@ -162,18 +162,21 @@ async def paced_load(
     """POST make(0), make(1), ... at a steady `rate` for `duration` s (or until `stop`), open loop:
     each request is due at its slot whatever earlier answers do. At most `connections` are in
     flight (one per connection); a request waiting for a free connection is late, and its time
-    from the slot counts that wait (no coordinated omission). The wait is kept out of httpx's own
-    pool, whose queue handling costs time quadratic in the queue's length."""
-    import httpx
+    from the slot counts that wait (no coordinated omission).
+
+    aiohttp, not httpx: the load shares this machine's two cores with the server, and httpx's
+    client cost ~1.3-2.6 ms of CPU a request against aiohttp's ~0.4 (bench/http_client.py), so at
+    500/s it took most of a core from the server it was measuring."""
+    import aiohttp
 
     # Idle connections are dropped before uvicorn's 5 s keep-alive timeout: reusing one the server
     # is closing at that moment would be a client-side race, not an answer of the server.
-    limits = httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0
-    )
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=2.0)
     free = asyncio.Semaphore(connections)
     shots: list[Shot] = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), cookie_jar=aiohttp.DummyCookieJar()
+    ) as client:
 
         async def fire(shot: Shot) -> None:
             key, body, headers = make(shot.n)
@@ -184,9 +187,10 @@ async def paced_load(
                     return
                 shot.sent = time.monotonic()
                 try:
-                    response = await client.post(url, content=body, headers=headers)
-                    shot.status = str(response.status_code)
-                except httpx.HTTPError as exc:
+                    async with client.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        shot.status = str(response.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     shot.status = type(exc).__name__
                 shot.acked = time.monotonic()
 
@@ -364,7 +368,7 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
         if args.py_spy and rnd == 0:
             profiler = start_profiler(args.py_spy, server.pid, workdir / "profile.txt", args.duration)
         before = ib.scrape(f"http://127.0.0.1:{port}")
-        cpu0, wall0 = server.cpu_seconds(), time.monotonic()
+        cpu0, wall0, load_cpu0 = server.cpu_seconds(), time.monotonic(), time.process_time()
         shots = run_async(
             paced_load(
                 url,
@@ -375,6 +379,7 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
             )
         )
         cpu, wall = server.cpu_seconds() - cpu0, time.monotonic() - wall0
+        load_cpu = time.process_time() - load_cpu0
         # the last webhooks' requests arrive
         deadline = time.monotonic() + args.grace
         expected = sum(1 for s in shots if s.status.startswith("2"))
@@ -412,6 +417,7 @@ def e2e_once(workdir: Path, args: argparse.Namespace, rnd: int) -> dict[str, Any
         "e2e_ms": pcts(latencies),
         "e2e_from_slot_ms": pcts(from_slot),
         "server_cpu_share": round(cpu / wall, 3),  # while the load ran (longer than planned if queued)
+        "load_cpu_share": round(load_cpu / wall, 3),  # the load generator's, on the same cores
         "load_s": round(wall, 1),
         "acked_per_s": round(expected / wall, 1),  # over the whole load, warm-up included
         "server_cpu_ms_per_webhook": round(1000 * cpu_all / max(1, expected), 3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -134,6 +135,49 @@ async def test_writes_queued_together_share_one_commit_and_fail_alone(store_url:
             lambda conn: sorted(conn.execute(select(destination_state.c.destination)).scalars())
         )
         assert kept == ["a", "c"]
+    finally:
+        store.close()
+
+
+async def test_the_sqlite_writer_keeps_one_connection_and_replaces_a_broken_one(tmp_path) -> None:
+    """Each transaction used to check a connection out of the pool and back in, which cost more
+    than a small transaction's statements; a connection that broke is not used again."""
+    from sqlalchemy import event, select
+    from sqlalchemy.exc import OperationalError
+
+    from tidings.exceptions import StoreError
+    from tidings.store.schema import destination_state
+
+    store = Store(f"sqlite:///{tmp_path / 'one.db'}")
+    store.upgrade()
+    checkouts: list[int] = []
+    event.listen(store.engine, "checkout", lambda *_: checkouts.append(1))
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def add(name: str):
+        def write(conn) -> None:
+            conn.execute(
+                destination_state.insert().values(destination=name, consecutive_failures=0, updated_at=now)
+            )
+
+        return write
+
+    def breaks(conn) -> None:
+        conn.invalidate()  # as SQLAlchemy does when the driver reports the connection lost
+        raise OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+
+    try:
+        for name in ("a", "b", "c"):
+            await store.write(add(name))
+        assert len(checkouts) == 1
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await store.write(breaks)
+        await store.write(add("d"))
+        assert len(checkouts) == 2  # a new connection after the broken one
+        kept = store.read_sync(
+            lambda conn: sorted(conn.execute(select(destination_state.c.destination)).scalars())
+        )
+        assert kept == ["a", "b", "c", "d"]
     finally:
         store.close()
 

@@ -50,7 +50,10 @@ def sqlite_timestamp(value: datetime | None) -> str | None:
     last, text = _last_stamp
     if value is last:
         return text
-    text = as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is UTC:  # nearly always (the clock's): drop the "+00:00" rather than convert
+        text = value.isoformat(" ", "microseconds")[:-6]
+    else:
+        text = as_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
     _last_stamp = (value, text)
     return text
 

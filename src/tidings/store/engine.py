@@ -73,7 +73,7 @@ class Store:
         self._checkpointer: Checkpointer | None = None  # started by the first write (SQLite files)
         self._starting = threading.Lock()
         self._checkpointed = self.dialect != "sqlite" or self.url.database in (None, "", ":memory:")
-        self._writer = Writer(self._write_connection, _write_failed)
+        self._writer = Writer(self._write_connection, _write_failed, hold=self.dialect == "sqlite")
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidings-store-read")
 
     def _sqlite_engine(self, synchronous: str) -> Engine:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection
@@ -36,9 +36,16 @@ class Writer:
         self,
         connect: Callable[[], AbstractContextManager[Connection]],
         failed: Callable[[SQLAlchemyError], Exception],
+        *,
+        hold: bool = False,
     ) -> None:
         self._connect = connect  # a connection whose transactions take the write lock
         self._failed = failed  # what a caller gets for a database error
+        # Keep one connection for every transaction (SQLite): checking one out of the pool and
+        # back in (with its reset) cost more than a small transaction's statements. Not on
+        # PostgreSQL, where the pool's check at checkout notices a server that restarted.
+        self._hold = hold
+        self._held: tuple[Connection, ExitStack] | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="tidings-store-write", daemon=True)
         self._closed = False
@@ -59,6 +66,34 @@ class Writer:
             self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._release()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if not self._hold:
+            with self._connect() as conn:
+                yield conn
+            return
+        if self._held is None:
+            stack = ExitStack()
+            self._held = (stack.enter_context(self._connect()), stack)
+        conn = self._held[0]
+        try:
+            yield conn
+        except SQLAlchemyError:
+            if conn.invalidated:  # the connection is unusable: the next write gets a new one
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held[1].close()
+            self._held = None
+
+    def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -84,7 +119,7 @@ class Writer:
 
     def _alone(self, fn: Write, done: Future[Any]) -> None:
         try:
-            with self._connect() as conn, conn.begin():
+            with self._connection() as conn, conn.begin():
                 result = fn(conn)
         except SQLAlchemyError as exc:
             done.set_exception(self._failed(exc))
@@ -96,7 +131,7 @@ class Writer:
     def _together(self, group: list[_Job]) -> None:
         outcomes: list[tuple[Future[Any], bool, Any]] = []
         try:
-            with self._connect() as conn, conn.begin():
+            with self._connection() as conn, conn.begin():
                 for fn, done in group:
                     try:
                         with conn.begin_nested():
