@@ -12,7 +12,7 @@ What runs, all on this machine over loopback (127.0.0.1 only):
   (--deliver paused, the default: the runner measured alone), or the dispatcher delivers to
   tidings.testing.WebhookSink in its own process (--deliver sink);
 - for the drain, signed Shopify `checkouts/create` webhooks at a steady --ingest-rate from this
-  script (asyncio + httpx, open loop), to see that ingest keeps acknowledging.
+  script (asyncio + aiohttp, open loop), to see that ingest keeps acknowledging.
 
 Phases (each --runs times, medians reported):
 0. cpu: FlowRunner.drain() in this process on --cpu-runs due runs: CPU ms and SQL statements per
