@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections.abc import Iterator
@@ -121,3 +122,17 @@ async def test_a_vendor_that_stops_reading_cannot_hang_a_send() -> None:
                 await asyncio.wait_for(post, 10)  # a builtin TimeoutError here: the send hung
     finally:
         listener.close()
+
+
+async def test_a_call_with_auth_still_gets_it_and_every_answer_knows_its_request(echo: SlowEcho) -> None:
+    """Plain calls skip httpx's client layer; a call that needs it (Mailchimp's basic auth) still
+    takes it."""
+    echo.delay = 0
+    async with pooled_client() as client:
+        plain = await client.post(echo.url, json={"n": 1})
+        authed = await client.get(echo.url, auth=httpx.BasicAuth("tidings", "key-1"))
+    assert authed.status_code == 200
+    assert plain.request.url == httpx.URL(echo.url)
+    plain.raise_for_status()
+    assert "authorization" not in echo.requests[0].headers
+    assert echo.requests[1].headers["authorization"] == "Basic " + base64.b64encode(b"tidings:key-1").decode()
