@@ -117,7 +117,7 @@ class _VendorClient(httpx.AsyncClient):
     logging around the transport: a third of a request's CPU here (0.97 against 0.64 ms at 20 in
     flight, bench/README-e2e.md session 7). None of it applies to a plain call: no auth is set on
     the client, redirects are not followed, no cookie is kept. A call with `auth=`, a stream or
-    redirects to follow takes httpx's whole path."""
+    redirects to follow, or a client with event hooks, takes httpx's whole path."""
 
     def __init__(self, transport: AiohttpTransport, **kwargs: Any) -> None:
         super().__init__(transport=transport, **kwargs)
@@ -134,7 +134,8 @@ class _VendorClient(httpx.AsyncClient):
         default = follow_redirects is httpx.USE_CLIENT_DEFAULT
         redirects = self.follow_redirects if default else follow_redirects
         plain = not stream and auth is httpx.USE_CLIENT_DEFAULT and self.auth is None and not redirects
-        if not plain or self.is_closed:
+        hooked = self.event_hooks["request"] or self.event_hooks["response"]
+        if not plain or hooked or self.is_closed:
             return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
         response = await self._direct.handle_async_request(request)
         response.request = request
