@@ -96,41 +96,39 @@ class Prepared:
 
     def execute(self, conn: Connection, params: Params | None = None) -> Rows:
         params = params or {}
-        if conn.dialect.name != "sqlite" or not conn.in_transaction():
+        plan = self._plan(conn, params)
+        prepared = None if plan is None else plan.arguments(params)
+        if plan is None or prepared is None:
             return self._through_core(conn, params)
-        keys = tuple(params)
-        plan = self._plans.get(keys)
-        if plan is None:
-            plan = self._plans[keys] = _Plan(self.statement, conn, keys)
-        prepared = plan.arguments(params)
-        if prepared is None:
-            return self._through_core(conn, params)
-        sql, args = prepared
-        return plan.run(conn, sql, args)
+        return plan.run(conn, *prepared)
 
     def execute_many(self, conn: Connection, params: Sequence[Params]) -> Rows:
         """The statement once per parameter set, as `conn.execute(statement, [...])` does; the
         rows of a RETURNING statement come back in the order of `params`."""
         if not params:
             return Rows([], 0)
-        if conn.dialect.name != "sqlite" or not conn.in_transaction():
-            return self._through_core(conn, list(params))
-        keys = tuple(params[0])
-        plan = self._plans.get(keys)
+        plan = self._plan(conn, params[0])
         if plan is None:
-            plan = self._plans[keys] = _Plan(self.statement, conn, keys)
-        argsets = []
-        for one in params:
-            prepared = plan.arguments(one)
-            if prepared is None or plan.expanding_any:
-                raise ArgumentError(f"execute_many takes no expanding parameters: {self}")
-            argsets.append(prepared[1])
+            return self._through_core(conn, list(params))
+        if plan.expanding_any:
+            raise ArgumentError(f"execute_many takes no expanding parameters: {self}")
+        argsets = [prepared[1] for one in params if (prepared := plan.arguments(one)) is not None]
         if not plan.returns_rows:
             return Rows([], plan.run_many(conn, argsets))
         rows: list[Any] = []
         for args in argsets:  # SQLite's executemany returns no rows: one statement each
             rows.extend(plan.run(conn, plan.sql, args).rows)
         return Rows(rows, len(rows))
+
+    def _plan(self, conn: Connection, params: Params) -> _Plan | None:
+        """The compiled shape for these parameter names; None where Core runs the statement."""
+        if conn.dialect.name != "sqlite" or not conn.in_transaction():
+            return None
+        keys = tuple(params)
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plans[keys] = _Plan(self.statement, conn, keys)
+        return plan
 
     def _through_core(self, conn: Connection, params: Params | list[Params]) -> Rows:
         result = conn.execute(self.statement, params)  # type: ignore[call-overload]
