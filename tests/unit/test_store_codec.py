@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.sqlite.base import DATETIME
 
-from tidings.store.codec import json_dumps, sqlite_datetime, sqlite_timestamp
+from tidings.store.codec import json_dumps, json_loads, sqlite_datetime, sqlite_timestamp
 
 SQLALCHEMY_TEXT = DATETIME().bind_processor(sqlite.dialect())
 SQLALCHEMY_VALUE = DATETIME().result_processor(sqlite.dialect(), None)
@@ -71,3 +71,52 @@ def test_json_reads_back_as_the_standard_library_wrote_it(value: object) -> None
 
 def test_integer_keys_become_strings_as_with_json_dumps() -> None:
     assert json.loads(json_dumps({1: "a"})) == {"1": "a"}
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()  # beyond 64 bits too: orjson would read those as floats
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def same(a: object, b: object) -> bool:
+    """Equal, and of the same types all the way down (1 is not 1.0 here)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) and repr(a) == repr(b)
+
+
+@given(JSON_VALUES)
+def test_json_reads_back_as_the_standard_library_reads_it(value: object) -> None:
+    text = json.dumps(value)
+    assert same(json_loads(text), json.loads(text))
+    assert same(json_loads(text.encode()), json.loads(text.encode()))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[9223372036854775807, -9223372036854775808, 18446744073709551615]",
+        "[-9223372036854775809, 18446744073709551616, 123456789012345678901234567890]",
+        '{"id": 12345678901234567890123}',
+        "[NaN, Infinity, -Infinity, 1e400]",
+        '"\\ud800"',
+        "[1.0, 1, 0.1, 1e-7]",
+    ],
+)
+def test_the_numbers_orjson_would_change_or_refuse_read_exactly(text: str) -> None:
+    assert same(json_loads(text), json.loads(text)) or "NaN" in text  # nan != nan
+    assert repr(json_loads(text)) == repr(json.loads(text))
+
+
+def test_bad_json_fails_as_the_standard_library_says() -> None:
+    for text in (b'{"a": }', b"\xff\xfe{", '{"a": 1,}'):
+        with pytest.raises((json.JSONDecodeError, UnicodeDecodeError)) as ours:
+            json_loads(text)
+        with pytest.raises((json.JSONDecodeError, UnicodeDecodeError)) as theirs:
+            json.loads(text)
+        assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+    assert json_loads('{"a": 1}'.encode("utf-16")) == {"a": 1}  # json.loads detects UTF-16 too

@@ -22,6 +22,7 @@ from tidings.clock import Clock
 from tidings.configmodel import ConfigModel, Duration, SecretList
 from tidings.exceptions import MalformedPayload, UnsupportedMediaType
 from tidings.mapping.rules import MappingRule
+from tidings.store.codec import json_loads
 
 
 class SourceSettings(ConfigModel):
@@ -198,7 +199,7 @@ def content_key(body: bytes) -> str:
 def parse_json(body: bytes) -> Any:
     """Decode JSON or raise MalformedPayload naming the position of the problem."""
     try:
-        return json.loads(body)
+        return json_loads(body)
     except UnicodeDecodeError as exc:
         raise MalformedPayload("body is not UTF-8", code="malformed_json") from exc
     except json.JSONDecodeError as exc:

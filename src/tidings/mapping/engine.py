@@ -13,6 +13,7 @@ from jmespath.exceptions import JMESPathError
 
 from tidings.events import CustomerEvent, Identity, IdentityError, normalise_identity, parse_time
 from tidings.mapping.rules import MappingRule, evaluate
+from tidings.store.codec import json_loads
 
 
 class MappingError(Exception):
@@ -82,7 +83,7 @@ class Mapper:
 
     def map(self, item: StoredItem) -> CustomerEvent | Unmapped:
         try:
-            payload = json.loads(item.body)
+            payload = json_loads(item.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MappingError(f"body is not JSON: {exc}") from exc
         document = {

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jmespath
-from jmespath import functions, visitor
+from jmespath import functions
 from jmespath.exceptions import JMESPathError
-from jmespath.parser import ParsedResult
 from pydantic import AfterValidator, Field, TypeAdapter, model_validator
 from ruamel.yaml import YAML
 
 from tidings.configmodel import ConfigModel
+from tidings.mapping.compiled import Compiled, Compiler
 
 # Currencies whose amounts Stripe's API counts in units (no cents) or in thousandths.
 _ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
@@ -79,12 +79,14 @@ class _Functions(functions.Functions):
         return total
 
 
-OPTIONS = jmespath.Options(custom_functions=_Functions())
+FUNCTIONS = _Functions()
+_COMPILER = Compiler(FUNCTIONS)
 
 
 @functools.lru_cache(maxsize=4096)
-def compile_expression(text: str) -> ParsedResult:
-    return jmespath.compile(text)
+def compile_expression(text: str) -> Compiled:
+    """The expression as a closure (mapping/compiled.py); a syntax error is JMESPath's."""
+    return _COMPILER.compile(jmespath.compile(text).parsed)
 
 
 def _valid(text: str) -> str:
@@ -98,13 +100,8 @@ def _valid(text: str) -> str:
 Expression = Annotated[str, AfterValidator(_valid)]
 
 
-# `ParsedResult.search` makes a new interpreter for every search; one serves them all (it keeps no
-# state between searches but a cache of its visit methods).
-_INTERPRETER = visitor.TreeInterpreter(OPTIONS)
-
-
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
-    return _INTERPRETER.visit(compile_expression(expression).parsed, document)
+    return compile_expression(expression)(document)
 
 
 class MappingRule(ConfigModel):

@@ -1,14 +1,16 @@
 """How values go into the store's columns and come back, where the defaults cost too much.
 
-JSON columns (contexts, payloads, journal details: several per flow firing) are encoded with
-orjson, several times faster than the standard library's encoder; what orjson cannot encode
-(integers beyond 64 bits) falls back to `json.dumps`. Reading stays with `json.loads`, which
-keeps such integers exact (orjson would turn them into floats).
+JSON columns (contexts, payloads, journal details: several per flow firing) are encoded and
+decoded with orjson, several times faster than the standard library. What orjson cannot encode
+(integers beyond 64 bits) falls back to `json.dumps`. Decoding falls back to `json.loads` for
+what orjson refuses (NaN, a UTF-16 body) and for any text with a run of 19 digits: orjson would
+read an integer beyond 64 bits as a float, silently, and `json.loads` keeps it exact.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,21 @@ def json_dumps(value: Any) -> str:
         return orjson.dumps(value, option=_OPTIONS).decode()
     except orjson.JSONEncodeError:
         return json.dumps(value)
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON as `json.loads` reads it (same values, same errors), through orjson where that is safe."""
+    long = _LONG_NUMBER.search(text) if isinstance(text, str) else _LONG_NUMBER_BYTES.search(text)
+    if long is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # json.loads accepts what orjson does not (NaN), or raises its own error
+    return json.loads(text)
 
 
 def as_utc(value: datetime) -> datetime:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.exceptions import StoreError
 from tidings.store.checkpoint import WAL_PAGES, Checkpointer
-from tidings.store.codec import json_dumps
+from tidings.store.codec import json_dumps, json_loads
 from tidings.store.writer import Writer
 
 T = TypeVar("T")
@@ -69,6 +69,7 @@ class Store:
                 max_overflow=pool_size,
                 pool_pre_ping=True,
                 json_serializer=json_dumps,
+                json_deserializer=json_loads,
             )
         self._checkpointer: Checkpointer | None = None  # started by the first write (SQLite files)
         self._starting = threading.Lock()
@@ -83,6 +84,7 @@ class Store:
             self.url,
             connect_args={"check_same_thread": False, "timeout": 30},
             json_serializer=json_dumps,
+            json_deserializer=json_loads,
         )
 
         @event.listens_for(engine, "connect")
