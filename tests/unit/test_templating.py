@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidings.templating import DataTemplate, TemplateProblem, check, render
 
@@ -87,3 +91,50 @@ def test_dict_keys_are_keys_not_methods_and_html_is_escaped() -> None:
         "k": "k",
     }
     assert render("<p>{{ cart.items[0] }}</p>", values, html=True) == "<p>&lt;b&gt;x&lt;/b&gt;</p>"
+
+
+def jinja_only(data: dict[str, Any]) -> DataTemplate:
+    template = DataTemplate(data)
+    template._paths = None  # every value through the Jinja program
+    return template
+
+
+LOOKUPS = {
+    "to": "{{ profile.email }}",
+    "items": "{{ event.properties.items }}",
+    "first": "{{ event['properties'].items }}",
+    "ref": "{{ run.key }}",
+    "everything": "{{ event }}",
+}
+
+
+def test_plain_lookups_are_read_without_jinja_and_give_what_jinja_gives() -> None:
+    template = DataTemplate(LOOKUPS)
+    template._program = None  # were the lookups not read directly, there would be no results
+    assert template.render(VALUES) == jinja_only(LOOKUPS).render(VALUES)
+    assert template.render(VALUES)["items"] is VALUES["event"]["properties"]["items"]  # type kept
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["profile", "event", "run", "range"]),
+        st.recursive(
+            st.none() | st.integers() | st.text(max_size=3),
+            lambda inner: (
+                st.lists(inner, max_size=2)
+                | st.dictionaries(st.sampled_from(["email", "properties", "items", "key", "keys"]), inner)
+            ),
+            max_leaves=8,
+        ),
+    )
+)
+def test_any_values_render_as_jinja_renders_them(values: dict[str, Any]) -> None:
+    data = {**LOOKUPS, "global": "{{ range }}", "method": "{{ run.keys }}"}
+
+    def outcome(template: DataTemplate) -> object:
+        try:
+            return repr(template.render(values))
+        except TemplateProblem as exc:
+            return ("problem", str(exc))
+
+    assert outcome(DataTemplate(data)) == outcome(jinja_only(data))
