@@ -104,6 +104,7 @@ def test_json_reads_back_as_the_standard_library_reads_it(value: object) -> None
         '{"id": 12345678901234567890123}',
         "[NaN, Infinity, -Infinity, 1e400]",
         '"\\ud800"',
+        '"\ud800"',  # the character itself, not escaped: a str only Python holds
         "[1.0, 1, 0.1, 1e-7]",
     ],
 )

@@ -10,7 +10,6 @@ read an integer beyond 64 bits as a float, silently, and `json.loads` keeps it e
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,16 +25,18 @@ def json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# Every digit as "0", so that a run of 19 digits is one substring search: a regular expression
+# scanning the text cost more than the decoding it guards (10 us against 2 for a run's context).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
 
 
 def json_loads(text: str | bytes) -> Any:
     """JSON as `json.loads` reads it (same values, same errors), through orjson where that is safe."""
-    long = _LONG_NUMBER.search(text) if isinstance(text, str) else _LONG_NUMBER_BYTES.search(text)
-    if long is None:
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
         try:
-            return orjson.loads(text)
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # json.loads accepts what orjson does not (NaN), or raises its own error
     return json.loads(text)
