@@ -320,3 +320,26 @@ async def test_an_event_that_cannot_be_applied_is_set_aside_and_the_rest_applied
         profile = profile_of(tidings, "user_id:u1")
         assert profile.traits["shouty"] == "HI"
         assert profile.traits["last_product_viewed"]["name"] == "Mug"
+
+
+async def test_an_expression_that_breaks_on_one_event_fails_that_event_only(running) -> None:
+    """`merge` of a missing object is a Python error inside JMESPath's own function: the event
+    is set aside with the reason, and processing goes on (it must not retry the batch forever)."""
+    from tests.conftest import inbox_rows
+
+    config = CONFIG + """    mappings:
+      - topic: "track:*"
+        event_from: payload.event
+        identities: {user_id: payload.userId}
+        traits: "merge(payload.properties, payload.context)"
+"""
+    async with running(config) as (tidings, client):
+        await send(client, "track", track(1, "Viewed", "2026-03-01T10:00:00Z", {"a": 1}, context={"b": 2}))
+        await send(client, "track", track(2, "Viewed", "2026-03-01T10:01:00Z", {"a": 1}))  # no context
+        await send(client, "track", track(3, "Viewed", "2026-03-01T10:02:00Z", {"a": 3}, context={}))
+        await tidings.processor.drain()
+        rows = {r.dedupe_key: r for r in inbox_rows(tidings)}
+        assert rows["m2"].status == "failed"
+        assert rows["m2"].error.startswith("mapping failed: traits: ")
+        assert rows["m1"].status == rows["m3"].status == "processed"
+        assert profile_of(tidings, "user_id:u1").traits["a"] == 3

@@ -121,3 +121,5 @@ def test_bad_json_fails_as_the_standard_library_says() -> None:
             json.loads(text)
         assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
     assert json_loads('{"a": 1}'.encode("utf-16")) == {"a": 1}  # json.loads detects UTF-16 too
+    with pytest.raises(TypeError):  # SQLAlchemy's SQLite JSON type returns a number SQLite gave as is
+        json_loads(3)  # type: ignore[arg-type]

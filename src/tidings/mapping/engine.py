@@ -166,3 +166,7 @@ def _eval(expression: str, document: dict[str, Any], where: str) -> Any:
         return evaluate(expression, document)
     except JMESPathError as exc:
         raise MappingError(f"{where}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # A few of JMESPath's own functions let Python's errors out on some values (`merge` of a
+        # null): that event cannot be mapped, and must not stop the events behind it.
+        raise MappingError(f"{where}: {type(exc).__name__}: {exc}") from exc

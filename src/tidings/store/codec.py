@@ -33,7 +33,12 @@ _LONG_NUMBER = b"0" * 19
 
 def json_loads(text: str | bytes) -> Any:
     """JSON as `json.loads` reads it (same values, same errors), through orjson where that is safe."""
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if isinstance(text, str):
+        raw = text.encode("utf-8", "surrogatepass")
+    elif isinstance(text, bytes | bytearray):
+        raw = text
+    else:  # json's TypeError: SQLAlchemy's SQLite JSON type counts on it for numbers SQLite returns
+        return json.loads(text)
     if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(raw)
