@@ -327,12 +327,15 @@ async def test_an_expression_that_breaks_on_one_event_fails_that_event_only(runn
     is set aside with the reason, and processing goes on (it must not retry the batch forever)."""
     from tests.conftest import inbox_rows
 
-    config = CONFIG + """    mappings:
+    config = (
+        CONFIG
+        + """    mappings:
       - topic: "track:*"
         event_from: payload.event
         identities: {user_id: payload.userId}
         traits: "merge(payload.properties, payload.context)"
 """
+    )
     async with running(config) as (tidings, client):
         await send(client, "track", track(1, "Viewed", "2026-03-01T10:00:00Z", {"a": 1}, context={"b": 2}))
         await send(client, "track", track(2, "Viewed", "2026-03-01T10:01:00Z", {"a": 1}))  # no context
