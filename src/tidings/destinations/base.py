@@ -141,7 +141,7 @@ class Destination(ABC, Generic[S]):
 
     # helpers for subclasses --------------------------------------------------------------
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def request(self, method: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
         """One HTTP call; transport failures and timeouts become retryable errors."""
         try:
             return await self.http.request(

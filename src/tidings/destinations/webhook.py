@@ -10,16 +10,18 @@ by action"), so a receiver sees the same shape whatever destination the flow was
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
-import json
 import time
 from typing import Literal
 
+import httpx
 from pydantic import SecretStr, field_validator
 
 from tidings.delivery.effects import ACTIONS, Effect, Receipt
 from tidings.destinations.base import Destination, DestinationSettings, handles
+from tidings.store.codec import json_dumps
 
 
 class WebhookSettings(DestinationSettings):
@@ -42,19 +44,24 @@ class WebhookDestination(Destination[WebhookSettings]):
     settings_model = WebhookSettings
     idempotent_actions = frozenset(ACTIONS)
 
+    @functools.cached_property
+    def _key(self) -> bytes:
+        return base64.b64decode(self.settings.secret.get_secret_value().removeprefix("whsec_"))
+
+    @functools.cached_property
+    def _url(self) -> httpx.URL:
+        return httpx.URL(self.settings.url)  # parsed once, not at every send
+
     @handles(*ACTIONS)
     async def _post(self, effect: Effect) -> Receipt:
-        body = json.dumps(
-            {"type": effect.action, "timestamp": int(time.time()), "data": effect.payload},
-            separators=(",", ":"),
-        ).encode()
-        stamp = str(int(time.time()))
-        key = base64.b64decode(self.settings.secret.get_secret_value().removeprefix("whsec_"))
+        now = int(time.time())
+        body = json_dumps({"type": effect.action, "timestamp": now, "data": effect.payload}).encode()
+        stamp = str(now)
         signed = f"{effect.idempotency_key}.{stamp}.".encode() + body
-        signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        signature = base64.b64encode(hmac.new(self._key, signed, hashlib.sha256).digest()).decode()
         response = await self.request(
             "POST",
-            self.settings.url,
+            self._url,
             content=body,
             headers={
                 "content-type": "application/json",
