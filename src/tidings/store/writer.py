@@ -20,8 +20,10 @@ from concurrent.futures import Future
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from tidings.store.prepared import Prepared
 
 log = logging.getLogger("tidings.store")
 
@@ -134,8 +136,7 @@ class Writer:
             with self._connection() as conn, conn.begin():
                 for fn, done in group:
                     try:
-                        with conn.begin_nested():
-                            outcomes.append((done, True, fn(conn)))
+                        outcomes.append((done, True, _in_savepoint(conn, fn)))
                     except SQLAlchemyError as exc:
                         outcomes.append((done, False, self._failed(exc)))
                     except BaseException as exc:  # the caller's own error, as in `_alone`
@@ -150,3 +151,24 @@ class Writer:
                 done.set_result(value)
             else:
                 done.set_exception(value)
+
+
+# Plain statements rather than `conn.begin_nested()`: SQLAlchemy compiles a new statement for
+# each of its (uniquely named) savepoints, which cost more than a small write itself (a sixth of
+# the writer's time at 100 webhooks/s). One name serves: the savepoints follow one another.
+_SAVEPOINT = Prepared(text("SAVEPOINT tidings_write"))
+_RELEASE = Prepared(text("RELEASE SAVEPOINT tidings_write"))
+_ROLLBACK = Prepared(text("ROLLBACK TO SAVEPOINT tidings_write"))
+
+
+def _in_savepoint(conn: Connection, fn: Write) -> Any:
+    """`fn(conn)` in a savepoint: if it raises, what it wrote is undone and the rest stands."""
+    _SAVEPOINT.execute(conn)
+    try:
+        result = fn(conn)
+    except BaseException:
+        _ROLLBACK.execute(conn)
+        _RELEASE.execute(conn)
+        raise
+    _RELEASE.execute(conn)
+    return result
