@@ -285,3 +285,28 @@ def test_flow_lines_move_out_of_the_timeline_into_the_journal_it_reads(store_url
         store.upgrade()
     finally:
         store.close()
+
+
+def test_a_sqlite_write_takes_the_lock_at_begin_and_a_read_does_not(tmp_path) -> None:
+    """Writes begin IMMEDIATE: a second writer waits at BEGIN rather than failing (or deadlocking)
+    when it first writes; reads leave the lock free."""
+    import sqlite3
+
+    store = Store(f"sqlite:///{tmp_path / 'lock.db'}")
+    store.upgrade()
+    other = sqlite3.connect(tmp_path / "lock.db", timeout=0, isolation_level=None)
+
+    def try_to_write(_conn: object) -> str:
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        other.execute("ROLLBACK")
+        return "free"
+
+    try:
+        assert store.write_sync(try_to_write) == "database is locked"
+        assert store.read_sync(try_to_write) == "free"
+    finally:
+        other.close()
+        store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +102,14 @@ class Store:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             immediate = conn.get_execution_options().get("tidings_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            # On the driver's connection: Core's execution path for this one keyword was a
+            # sixteenth of the server's CPU at 100 webhooks/s. If it fails, Core's path runs it
+            # again and handles the failure as always (its error, a dead connection invalidated).
+            try:
+                conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+            except sqlite3.Error:
+                conn.exec_driver_sql(statement)
 
         return engine
 
