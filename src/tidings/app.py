@@ -118,6 +118,8 @@ class Tidings:
             lookups=self.lookups,
         )
         self.processor.on_runs_due = self.runner.wake
+        self.processor.fire_within = self.runner.fire_within
+        self.processor.on_fired = self.runner.fired_within
         self.runner.on_enqueued = self.dispatcher.wake
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()

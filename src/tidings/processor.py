@@ -27,6 +27,7 @@ from tidings.events import CustomerEvent
 from tidings.exceptions import StoreError
 from tidings.flows.catalog import FlowCatalog
 from tidings.flows.context import profile_basics
+from tidings.flows.runner import Fired
 from tidings.flows.triggers import AppliedEvent, FlowTriggers
 from tidings.loop import Loop
 from tidings.mapping.engine import Mapper, MappingError, StoredItem, Unmapped
@@ -100,6 +101,11 @@ class Processor(Loop):
         self.runs_due = 0  # flow runs started or woken since the last look (the runner is told)
         self._set_aside: list[tuple[int, str, str | None, str]] = []  # items the last batch set aside
         self.on_runs_due: Callable[[], None] = lambda: None
+        # The flow runner's round, run in this batch's transaction once its events started runs
+        # (FlowRunner.fire_within), and what to do with its outcome after the commit.
+        self.fire_within: Callable[[Connection], Fired | None] | None = None
+        self.on_fired: Callable[[Fired | None], None] = lambda fired: None
+        self._fired: tuple[Fired | None] | None = None  # the last batch's round, if it ran one
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
         self._enqueued = False  # profile pushes were written since the last look (writer thread)
         self.on_enqueued: Callable[[], None] = lambda: None  # the dispatcher is told
@@ -131,7 +137,7 @@ class Processor(Loop):
         """Claim up to `batch_size` pending items and settle each: processed, unmapped or failed."""
         now = self.clock.now()
         rows = self._claim.execute(conn, {"limit": self.batch_size}).all()
-        self._set_aside = []
+        self._set_aside, self._fired = [], None
         outcome: dict[int, tuple[str, str | None]] = {}
         mapped: list[CustomerEvent] = []
         for row in rows:
@@ -165,6 +171,8 @@ class Processor(Loop):
             settled.setdefault(result, []).append(inbox_id)
         for (status, error), ids in settled.items():
             _SETTLE.execute(conn, {"ids": ids, "_status": status, "_error": error})
+        if self.runs_due and self.fire_within is not None:
+            self._fired = (self.fire_within(conn),)
         return applied
 
     @staticmethod
@@ -306,7 +314,11 @@ class Processor(Loop):
         if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
             self._enqueued = False
             self.on_enqueued()
-        if self.runs_due:
+        if self._fired is not None:  # the runs were fired in the batch's transaction
+            self.runs_due = 0
+            (fired,), self._fired = self._fired, None
+            self.on_fired(fired)
+        elif self.runs_due:
             self.runs_due = 0
             self.on_runs_due()
         now = self.clock.now()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import inbox_rows
 from tests.integration.test_processing import AUTH
 from tidings.store.schema import flow_runs, flow_steps
 from tidings.store.schema import outbox as outbox_table
@@ -619,3 +620,79 @@ async def test_the_dispatcher_is_woken_by_a_round_that_wrote_a_send_only(shop) -
     await s.wait(30)
     assert woken == [True]
     assert len(sends(s.tidings)) == 1
+
+
+AT_ONCE = f"""
+sources:
+  web: {{kind: segment, write_keys: ["wk_test"]}}
+destinations:
+  esp: {{kind: webhook, url: "http://127.0.0.1:9/never", secret: "{SECRET}"}}
+flows:
+  welcome:
+    trigger: {{event: Checkout Started}}
+    run_key: event.properties.checkout_id
+    steps:
+      - send: {{destination: esp, action: track_event, event: Hello}}
+      - wait: 1h
+      - send: {{destination: esp, action: track_event, event: Again}}
+"""
+
+
+async def test_a_send_that_needs_no_wait_is_in_the_outbox_when_its_event_is_processed(shop, clock) -> None:
+    s = await shop(AT_ONCE)
+    told: list[bool] = []
+    s.tidings.runner.on_enqueued = lambda: told.append(True)
+    await s.customer("u1", "ann@example.com")
+    await s.post("track", {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}})
+    await s.tidings.processor.drain()  # the processor's transaction alone: no round of the runner's
+    assert [sent.payload["event"] for sent in sends(s.tidings)] == ["Hello"]
+    assert told == [True]  # the dispatcher is woken for it
+    [run] = run_rows(s.tidings)
+    assert (run.status, run.step, run.wake) == ("active", "2", "timer")
+    assert run.due_at == clock.now() + timedelta(hours=1)
+    clock.advance(timedelta(hours=1))
+    assert await s.tidings.runner.drain() == 1  # the wait is the runner's, as any timer
+    assert [sent.payload["event"] for sent in sends(s.tidings)] == ["Hello", "Again"]
+
+
+async def test_if_firing_with_the_processor_fails_the_events_stand_and_the_runner_fires_the_run(
+    shop,
+) -> None:
+    s = await shop(AT_ONCE)
+    await s.customer("u1", "ann@example.com")
+    executor = s.tidings.runner.executor
+    begin = executor.begin
+
+    def broken(*args: Any) -> None:
+        executor.begin = begin  # once
+        raise RuntimeError("the round broke")
+
+    executor.begin = broken
+    await s.post("track", {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}})
+    await s.tidings.processor.drain()
+    assert sends(s.tidings) == []
+    [run] = run_rows(s.tidings)
+    assert (run.status, run.step, run.claim) == ("active", "1", 0)  # its claim was undone too
+    assert [e.status for e in inbox_rows(s.tidings)] == ["processed", "processed"]
+    assert await s.tidings.runner.drain() == 1
+    assert [sent.payload["event"] for sent in sends(s.tidings)] == ["Hello"]
+
+
+async def test_a_send_with_no_wait_still_asks_the_shop_first(shop) -> None:
+    from tidings.testing import ShopifySimulator
+
+    with ShopifySimulator().running() as shopify:
+        at_once = AT_ONCE.replace("sources:\n", "sources:" + SHOP.format(url=shopify.url), 1)
+        fresh = "    freshness: {lookup: shop, cart_id: run.key}\n    steps:\n"
+        s = await shop(at_once.replace("    steps:\n", fresh, 1))
+        await s.customer("u1", "ann@example.com")
+        shopify.add_order([{"title": "Mug", "quantity": 1, "price": "12.50"}], checkout_token="c1")
+        checkout = {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}}
+        await s.post("track", checkout)
+        await s.tidings.processor.drain()  # fired with the batch: the shop is asked after its commit
+        assert shopify.requests == []
+        await s.tidings.runner.drain()
+        assert len(shopify.requests) == 1
+        assert sends(s.tidings) == []
+        [run] = run_rows(s.tidings)
+        assert (run.status, run.end_reason) == ("exited", "the checkout was completed (live lookup)")

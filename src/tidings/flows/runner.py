@@ -9,6 +9,10 @@ took them over meanwhile.
 Timers live in the store, whatever their delay. In memory is only the next due time: the runner
 sleeps until then (at most `poll`), or until the processor wakes it because an event started or
 woke a run, so a timer fires on time without polling the table.
+
+Runs an event starts are fired in the processor's own transaction (`fire_within`), right after
+they are written: a flow whose first step is a send then costs no round of its own, and its send
+is in the outbox when the event's processing commits, rather than a runner round later.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
@@ -29,6 +34,7 @@ from tidings.lookups.base import CartLookup, LookupUnavailable
 from tidings.loop import Loop
 from tidings.metrics import Metrics
 from tidings.store import Store
+from tidings.store.writer import Savepoint
 
 log = logging.getLogger("tidings.flows")
 
@@ -40,6 +46,18 @@ GAUGES_EVERY = timedelta(seconds=15)
 OVERDUE_AFTER = timedelta(seconds=60)
 # The most overdue runs taken as one backlog, fired in storage order (see `_claim`).
 BACKLOG = 100_000
+
+_WITHIN = Savepoint("tidings_fire")  # inside the processor's own savepoint when writes share a commit
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A round fired inside another stage's transaction, for the runner to follow up once that
+    transaction commits: the sources to ask, the next due time, whether the round was full."""
+
+    full: bool
+    asks: list[tuple[runs.Run, NeedsLookup]]
+    due: datetime | None
 
 
 class FlowRunner(Loop):
@@ -68,21 +86,63 @@ class FlowRunner(Loop):
         self._gauges_at: datetime | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._backlog: deque[int] = deque()  # ids of overdue runs, in storage order
+        self._handed: list[tuple[runs.Run, NeedsLookup]] = []  # asks of rounds fired within others
+        self._look_by = 0.0  # time.monotonic() by which the loop looks again unless woken
         super().__init__()
         self.poll = max_poll
 
     async def run_once(self) -> int:
+        if self._handed:  # runs fired in the processor's transaction, waiting for a source's answer
+            handed, self._handed = self._handed, []
+            await self._answer(handed)
         started, now = time.monotonic(), self.clock.now()
         fired, asks, due = await self.store.write(lambda conn: self._fire(conn, now))
         if asks:
-            answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
-            later = self.clock.now()
-            due = await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+            due = await self._answer(asks)
+        self._tell_dispatcher()
+        self._plan(now, started, due)
+        return fired
+
+    def fire_within(self, conn: Connection) -> Fired | None:
+        """A round in the caller's transaction (the processor's, once its events started runs),
+        in a savepoint: if it fails, nothing of it stays, the caller's writes stand, and the runs
+        are still due for the runner's own round (None). Call `fired_within` after the commit."""
+        now = self.clock.now()
+        try:
+            with _WITHIN(conn):
+                fired, asks, due = self._fire(conn, now)
+        except Exception:
+            log.exception(
+                "firing runs with the processor's batch failed; the runner fires them",
+                extra={"action": "flow_round_failed"},
+            )
+            return None
+        return Fired(full=fired == self.batch_size, asks=asks, due=due)
+
+    def fired_within(self, fired: Fired | None) -> None:
+        """After the commit of a `fire_within` round: tell the dispatcher, and wake the loop if
+        there is more for it now (sources to ask, a full round, a failed one) or a timer falls
+        due before it would look anyway."""
+        self._tell_dispatcher()
+        if fired is None or fired.full or fired.asks:
+            self._handed.extend(fired.asks if fired is not None else ())
+            self.wake()
+            return
+        if fired.due is not None:
+            left = real_seconds(self.clock, (fired.due - self.clock.now()).total_seconds())
+            if time.monotonic() + left < self._look_by:
+                self.wake()
+
+    async def _answer(self, asks: list[tuple[runs.Run, NeedsLookup]]) -> datetime | None:
+        """Ask the sources (outside any transaction), then settle the runs; the next due time."""
+        answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
+        later = self.clock.now()
+        return await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+
+    def _tell_dispatcher(self) -> None:
         if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
             self._enqueued = False
             self.on_enqueued()
-        self._plan(now, started, due)
-        return fired
 
     async def drain(self) -> int:
         """Fire everything due by now (for tests, the simulator and the CLI)."""
@@ -188,6 +248,7 @@ class FlowRunner(Loop):
         # full): timers due a few ms apart then fire together, a little late, in one round.
         wait = max(wait, TICK - (time.monotonic() - started))
         self.poll = min(self.max_poll, max(0.0, wait))
+        self._look_by = time.monotonic() + self.poll
         if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = now
             if self._gauges is None or self._gauges.done():
@@ -205,5 +266,9 @@ class FlowRunner(Loop):
 
     async def stop(self) -> None:
         await super().stop()
+        if self._handed:  # handed over after the last round: answered now rather than left leased
+            handed, self._handed = self._handed, []
+            await self._answer(handed)
+            self._tell_dispatcher()
         if self._gauges is not None:
             await self._gauges
