@@ -121,6 +121,8 @@ class Tidings:
         self.processor.fire_within = self.runner.fire_within
         self.processor.on_fired = self.runner.fired_within
         self.runner.on_enqueued = self.dispatcher.wake
+        self.runner.claim_sends = self.dispatcher.claim_within
+        self.runner.on_handoff = self.dispatcher.take
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 

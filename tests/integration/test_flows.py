@@ -696,3 +696,69 @@ async def test_a_send_with_no_wait_still_asks_the_shop_first(shop) -> None:
         assert sends(s.tidings) == []
         [run] = run_rows(s.tidings)
         assert (run.status, run.end_reason) == ("exited", "the checkout was completed (live lookup)")
+
+
+def SUBSCRIBED(email: str) -> dict[str, str]:
+    return {"email": email, "email_consent": "subscribed"}
+
+
+async def until(condition, seconds: float = 10.0) -> None:
+    """Wait for a condition of the background loops (polled: they run on their own)."""
+    import asyncio
+
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition was not met in time")
+
+
+async def test_sends_claimed_with_their_round_go_out_once_without_a_claim_of_the_dispatchers(
+    running, clock
+) -> None:
+    with WebhookSink(SECRET).running() as sink:
+        async with running(AT_ONCE.replace("http://127.0.0.1:9/never", sink.url), process=True) as (
+            tidings,
+            client,
+        ):
+            s = Shop(tidings, client, clock)
+            looks: list[bool] = []
+            # The dispatcher's own claims happen when it is woken to look (or at its poll, 1 s).
+            tidings.dispatcher.wake = tidings.runner.on_enqueued = lambda: looks.append(True)
+            for n in range(20):
+                await s.post("identify", {"userId": f"u{n}", "traits": SUBSCRIBED(f"c{n}@example.com")})
+                started = {"userId": f"u{n}", "event": "Checkout Started"}
+                await s.post("track", {**started, "properties": {"checkout_id": f"c{n}"}})
+            await until(lambda: len(sink.requests) >= 20)
+            await until(lambda: all(row.status == "delivered" for row in sends(tidings)))
+            assert len(sink.requests) == 20  # each once
+            assert sorted(sink.received) == sorted(row.idempotency_key for row in sends(tidings))
+            assert {row.attempts for row in sends(tidings)} == {1}
+            assert looks == []  # every send was handed over with the round that wrote it
+
+
+async def test_a_round_that_does_not_commit_hands_nothing_over(running, clock) -> None:
+    with WebhookSink(SECRET).running() as sink:
+        async with running(AT_ONCE.replace("http://127.0.0.1:9/never", sink.url), process=True) as (
+            tidings,
+            client,
+        ):
+            s = Shop(tidings, client, clock)
+            claim = tidings.runner.claim_sends
+            claims: list[int] = []
+
+            def broken(conn: Any, now: Any) -> Any:
+                handoff = claim(conn, now)
+                claims.append(len(handoff.claimed) if handoff is not None else 0)
+                if len(claims) == 1:
+                    raise RuntimeError("the round broke after the dispatcher's claim")
+                return handoff
+
+            tidings.runner.claim_sends = broken
+            await s.post("identify", {"userId": "u1", "traits": SUBSCRIBED("ann@example.com")})
+            body = {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}}
+            await s.post("track", body)
+            await until(lambda: len(sends(tidings)) == 1 and sends(tidings)[0].status == "delivered")
+            assert claims == [1, 1]  # claimed in the round that broke, then in the runner's own
+            assert len(sink.requests) == 1  # the rolled-back claim was not sent; the runner's was
+            assert sends(tidings)[0].attempts == 1

@@ -57,6 +57,15 @@ async def _as_is(effect: Effect) -> Effect | None:
     return effect
 
 
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Effects claimed in another stage's transaction, for this dispatcher to send once it commits
+    (`Dispatcher.claim_within`); `more`: the claim was full, so more may be due."""
+
+    claimed: list[outbox.Claimed]
+    more: bool
+
+
 class Dispatcher(Loop):
     name = "dispatcher"
 
@@ -89,6 +98,9 @@ class Dispatcher(Loop):
         self.limiters: dict[str, Slots] = {name: self._limiter(name, d) for name, d in destinations.items()}
         self._others: set[str] = set()  # destinations not configured with effects waiting
         self._others_at: datetime | None = None
+        self._inflight: set[asyncio.Task[Outcome]] = set()
+        self._handed: list[outbox.Claimed] = []  # claimed in another stage's transaction, to send
+        self._look_asked = False  # woken to look for due effects (not merely handed some)
         super().__init__()
 
     def _limiter(self, name: str, destination: Destination[Any]) -> Slots:
@@ -96,6 +108,35 @@ class Dispatcher(Loop):
         if self.budgets is None or (limits.concurrency is None and not limits.windows):
             return Limiter(limits)
         return self.budgets.limiter(name, limits)
+
+    def wake(self) -> None:
+        self._look_asked = True
+        super().wake()
+
+    def claim_within(self, conn: Any, now: datetime) -> Handoff | None:
+        """Claim due effects in the caller's transaction (the flow runner's, which has just written
+        sends), to be given to this dispatcher by `take` once that transaction commits: the sends
+        go out without a claim transaction of the dispatcher's own, nor the wait for it.
+
+        Claimed as the dispatcher claims (due order, paused destinations left out, a lease), up to
+        the room it has; a claim that does not commit claimed nothing. None while the dispatcher is
+        not running or is stopping: the effects stay pending for its own claim (`wake`). The
+        stages upstream stop first, so nothing is handed to a dispatcher that has stopped."""
+        if self._task is None or self._task.done() or self._stopping:
+            return None
+        room = self.batch_size - len(self._inflight) - len(self._handed)  # about: read off the loop
+        if room <= 0:
+            return None
+        claimed = self._claim(conn, now, room)
+        return Handoff(claimed, more=len(claimed) == room)
+
+    def take(self, handoff: Handoff | None) -> None:
+        """Send what `claim_within` claimed, now that its transaction committed (None: look)."""
+        if handoff is None or handoff.more:
+            self.wake()
+        if handoff is not None and handoff.claimed:
+            self._handed.extend(handoff.claimed)
+            self._wake.set()
 
     async def stop(self) -> None:
         """Finish what is in flight, then give back the shared budget this worker holds."""
@@ -128,15 +169,16 @@ class Dispatcher(Loop):
 
         def write(conn: Any) -> tuple[list[Opened], list[outbox.Claimed]]:
             opened = self._write_outcomes(conn, finished, now)
-            if not want:
-                return opened, []
-            paused = outbox.paused_destinations(conn, now)
-            active = [d for d in (*self.destinations, *sorted(self._others)) if d not in paused]
-            return opened, outbox.claim(conn, now, destinations=active, limit=want, lease=LEASE)
+            return opened, self._claim(conn, now, want) if want else []
 
         opened, claimed = await self.store.write(write)
         self._observe(finished, opened, now)
         return claimed
+
+    def _claim(self, conn: Any, now: datetime, want: int) -> list[outbox.Claimed]:
+        paused = outbox.paused_destinations(conn, now)
+        active = [d for d in (*self.destinations, *sorted(self._others)) if d not in paused]
+        return outbox.claim(conn, now, destinations=active, limit=want, lease=LEASE)
 
     async def _send(self, claimed: outbox.Claimed) -> Outcome:
         effect = claimed.effect
@@ -168,6 +210,10 @@ class Dispatcher(Loop):
             except DeliveryError as exc:
                 return self._failed(claimed, destination, exc, time.perf_counter() - started)
         return Outcome(claimed, "delivered", None, receipt=receipt, latency=time.perf_counter() - started)
+
+    def _launch(self, claimed: list[outbox.Claimed]) -> None:
+        for c in claimed:
+            self._inflight.add(asyncio.create_task(self._send(c), name=f"tidings-send-{c.effect.id}"))
 
     def _failed(
         self, claimed: outbox.Claimed, destination: Destination[Any], exc: DeliveryError, latency: float
@@ -281,15 +327,19 @@ class Dispatcher(Loop):
         limited to N connections keeps all N busy, and under load a transaction settles many
         effects rather than one.
         """
-        inflight: set[asyncio.Task[Outcome]] = set()
+        inflight = self._inflight
         finished: list[Outcome] = []
         look, looked = True, time.monotonic()
-        while not self._stopping or inflight or finished:
+        while not self._stopping or inflight or finished or self._handed:
             self._wake.clear()
+            handed, self._handed = self._handed, []
+            self._launch(handed)  # at once: not after the transaction that settles what finished
             room = 0 if self._stopping else self.batch_size - len(inflight)
             want = room if look else 0
             claimed: list[outbox.Claimed] = []
             if finished or want:
+                if want:
+                    self._look_asked = False  # this transaction looks: a wake from now on asks again
                 try:
                     claimed = await self._transact(finished, want)
                 except Exception:
@@ -304,8 +354,7 @@ class Dispatcher(Loop):
                 if want:
                     looked = time.monotonic()
                 look = want > 0 and len(claimed) == want  # a full claim: there may be more due now
-            for c in claimed:
-                inflight.add(asyncio.create_task(self._send(c), name=f"tidings-send-{c.effect.id}"))
+            self._launch(claimed)
             if look and len(inflight) < self.batch_size:
                 continue
             if not inflight and self._stopping:
@@ -315,8 +364,8 @@ class Dispatcher(Loop):
                 {*inflight, waker}, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED
             )
             waker.cancel()
-            if waker in done or time.monotonic() - looked >= self.poll:
-                look = True  # woken, or a poll's time since the last look: look for due effects
+            if self._look_asked or time.monotonic() - looked >= self.poll:
+                look = True  # woken to look, or a poll's time since the last look
             for task in [t for t in inflight if t in done]:
                 inflight.discard(task)
                 if task.cancelled() or task.exception() is not None:

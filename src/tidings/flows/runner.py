@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection
 
 from tidings.clock import Clock, real_seconds
+from tidings.delivery.dispatcher import Handoff
 from tidings.flows import runs
 from tidings.flows.steps import NOT_ASKED, Executor, Live, NeedsLookup
 from tidings.lookups.base import CartLookup, LookupUnavailable
@@ -50,14 +51,21 @@ BACKLOG = 100_000
 _WITHIN = Savepoint("tidings_fire")  # inside the processor's own savepoint when writes share a commit
 
 
+Asks = list[tuple[runs.Run, NeedsLookup]]  # runs left claimed while their source is asked
+
+
 @dataclass(frozen=True, slots=True)
 class Fired:
-    """A round fired inside another stage's transaction, for the runner to follow up once that
-    transaction commits: the sources to ask, the next due time, whether the round was full."""
+    """What a round did, to follow up once its transaction commits (never before: a round that
+    does not commit did nothing): the sources to ask, the next due time, and for the dispatcher
+    the sends it wrote, claimed for it in the round's transaction where it had room."""
 
+    fired: int
     full: bool
-    asks: list[tuple[runs.Run, NeedsLookup]]
+    asks: Asks
     due: datetime | None
+    sent: bool
+    handoff: Handoff | None
 
 
 class FlowRunner(Loop):
@@ -82,11 +90,14 @@ class FlowRunner(Loop):
         self.batch_size = batch_size
         self.max_poll = max_poll
         self.on_enqueued: Callable[[], None] = lambda: None  # sends were written to the outbox
-        self._enqueued = False  # by the last round (set on the writer thread, read after it)
+        # The dispatcher's claim, run in a round's transaction once it wrote sends, and how the
+        # claimed effects are handed over after the commit (Dispatcher.claim_within and take).
+        self.claim_sends: Callable[[Connection, datetime], Handoff | None] = lambda conn, now: None
+        self.on_handoff: Callable[[Handoff], None] = lambda handoff: None
         self._gauges_at: datetime | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._backlog: deque[int] = deque()  # ids of overdue runs, in storage order
-        self._handed: list[tuple[runs.Run, NeedsLookup]] = []  # asks of rounds fired within others
+        self._handed: Asks = []  # asks of rounds fired within others
         self._look_by = 0.0  # time.monotonic() by which the loop looks again unless woken
         super().__init__()
         self.poll = max_poll
@@ -96,12 +107,11 @@ class FlowRunner(Loop):
             handed, self._handed = self._handed, []
             await self._answer(handed)
         started, now = time.monotonic(), self.clock.now()
-        fired, asks, due = await self.store.write(lambda conn: self._fire(conn, now))
-        if asks:
-            due = await self._answer(asks)
-        self._tell_dispatcher()
+        fired = await self.store.write(lambda conn: self._fire(conn, now))
+        self._tell_dispatcher(fired)
+        due = await self._answer(fired.asks) if fired.asks else fired.due
         self._plan(now, started, due)
-        return fired
+        return fired.fired
 
     def fire_within(self, conn: Connection) -> Fired | None:
         """A round in the caller's transaction (the processor's, once its events started runs),
@@ -110,20 +120,20 @@ class FlowRunner(Loop):
         now = self.clock.now()
         try:
             with _WITHIN(conn):
-                fired, asks, due = self._fire(conn, now)
+                return self._fire(conn, now)
         except Exception:
             log.exception(
                 "firing runs with the processor's batch failed; the runner fires them",
                 extra={"action": "flow_round_failed"},
             )
             return None
-        return Fired(full=fired == self.batch_size, asks=asks, due=due)
 
     def fired_within(self, fired: Fired | None) -> None:
         """After the commit of a `fire_within` round: tell the dispatcher, and wake the loop if
         there is more for it now (sources to ask, a full round, a failed one) or a timer falls
         due before it would look anyway."""
-        self._tell_dispatcher()
+        if fired is not None:
+            self._tell_dispatcher(fired)
         if fired is None or fired.full or fired.asks:
             self._handed.extend(fired.asks if fired is not None else ())
             self.wake()
@@ -133,15 +143,20 @@ class FlowRunner(Loop):
             if time.monotonic() + left < self._look_by:
                 self.wake()
 
-    async def _answer(self, asks: list[tuple[runs.Run, NeedsLookup]]) -> datetime | None:
+    async def _answer(self, asks: Asks) -> datetime | None:
         """Ask the sources (outside any transaction), then settle the runs; the next due time."""
         answers = await asyncio.gather(*(self._ask(need) for _, need in asks))
         later = self.clock.now()
-        return await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+        settled = await self.store.write(lambda conn: self._settle(conn, asks, answers, later))
+        self._tell_dispatcher(settled)
+        return settled.due
 
-    def _tell_dispatcher(self) -> None:
-        if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
-            self._enqueued = False
+    def _tell_dispatcher(self, fired: Fired) -> None:
+        """After the commit: hand over what was claimed for the dispatcher, or wake it to claim.
+        Only then: an idle dispatcher woken for nothing costs a transaction."""
+        if fired.handoff is not None:
+            self.on_handoff(fired.handoff)
+        elif fired.sent:
             self.on_enqueued()
 
     async def drain(self) -> int:
@@ -155,13 +170,11 @@ class FlowRunner(Loop):
 
     # ------------------------------------------------------------------ transactions
 
-    def _fire(
-        self, conn: Connection, now: datetime
-    ) -> tuple[int, list[tuple[runs.Run, NeedsLookup]], datetime | None]:
-        """Fire the runs due by `now`; return how many, those waiting for a source's answer, and
-        the next due time (read in the round's own transaction: no read of its own after it)."""
+    def _fire(self, conn: Connection, now: datetime) -> Fired:
+        """Fire the runs due by `now`; the next due time is read in the round's own transaction
+        (no read of its own after it)."""
         claimed = self._claim(conn, now)
-        asks = []
+        asks: Asks = []
         self.executor.begin(conn, claimed, now)
         for run in claimed:
             if run.wake in ("timer", "retry") and run.overdue_since is not None:
@@ -170,9 +183,13 @@ class FlowRunner(Loop):
             if need is not None:
                 run.due_at = now + LEASE  # stays claimed while the source is asked
                 asks.append((run, need))
-        self._enqueued |= self.executor.finish(conn) > 0
+        sent = self.executor.finish(conn) > 0
         runs.save_all(conn, claimed, now)  # one statement for the round, in the same transaction
-        return len(claimed), asks, runs.next_due(conn)
+        return self._round(conn, now, len(claimed), asks, sent)
+
+    def _round(self, conn: Connection, now: datetime, fired: int, asks: Asks, sent: bool) -> Fired:
+        handoff = self.claim_sends(conn, now) if sent else None
+        return Fired(fired, fired == self.batch_size, asks, runs.next_due(conn), sent, handoff)
 
     def _claim(self, conn: Connection, now: datetime) -> list[runs.Run]:
         """The round's runs: those due first, unless a backlog is being worked off.
@@ -197,20 +214,20 @@ class FlowRunner(Loop):
     def _settle(
         self,
         conn: Connection,
-        asks: list[tuple[runs.Run, NeedsLookup]],
+        asks: Asks,
         answers: list[Live],
         now: datetime,
-    ) -> datetime | None:
+    ) -> Fired:
         answer_of = {run.id: answer for (run, _), answer in zip(asks, answers, strict=True)}
         mine = runs.still_claimed(conn, [run for run, _ in asks])
         self.executor.begin(conn, mine, now)
         for run in mine:
             if self._execute(conn, run, now, answer_of[run.id]) is not None:
                 raise AssertionError("a run asked the source twice in one firing")
-        self._enqueued |= self.executor.finish(conn) > 0
+        sent = self.executor.finish(conn) > 0
         for run in mine:
             runs.save(conn, run, now, claim=run.claim)
-        return runs.next_due(conn)
+        return self._round(conn, now, len(mine), [], sent)
 
     def _execute(self, conn: Connection, run: runs.Run, now: datetime, live: Live) -> NeedsLookup | None:
         """One run's steps: a bug or bad data in one run fails that run alone. The executor keeps
@@ -269,6 +286,5 @@ class FlowRunner(Loop):
         if self._handed:  # handed over after the last round: answered now rather than left leased
             handed, self._handed = self._handed, []
             await self._answer(handed)
-            self._tell_dispatcher()
         if self._gauges is not None:
             await self._gauges
