@@ -8,6 +8,8 @@ thirty-minute wait takes no real time.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -713,52 +715,51 @@ async def until(condition, seconds: float = 10.0) -> None:
     raise AssertionError("the condition was not met in time")
 
 
+@asynccontextmanager
+async def live(running, clock) -> AsyncIterator[tuple[Any, WebhookSink, Shop]]:
+    """The AT_ONCE flow with tidings' own loops running, sending to a sink."""
+    with WebhookSink(SECRET).running() as sink:
+        config = AT_ONCE.replace("http://127.0.0.1:9/never", sink.url)
+        async with running(config, process=True) as (tidings, client):
+            yield tidings, sink, Shop(tidings, client, clock)
+
+
 async def test_sends_claimed_with_their_round_go_out_once_without_a_claim_of_the_dispatchers(
     running, clock
 ) -> None:
-    with WebhookSink(SECRET).running() as sink:
-        async with running(AT_ONCE.replace("http://127.0.0.1:9/never", sink.url), process=True) as (
-            tidings,
-            client,
-        ):
-            s = Shop(tidings, client, clock)
-            looks: list[bool] = []
-            # The dispatcher's own claims happen when it is woken to look (or at its poll, 1 s).
-            tidings.dispatcher.wake = tidings.runner.on_enqueued = lambda: looks.append(True)
-            for n in range(20):
-                await s.post("identify", {"userId": f"u{n}", "traits": SUBSCRIBED(f"c{n}@example.com")})
-                started = {"userId": f"u{n}", "event": "Checkout Started"}
-                await s.post("track", {**started, "properties": {"checkout_id": f"c{n}"}})
-            await until(lambda: len(sink.requests) >= 20)
-            await until(lambda: all(row.status == "delivered" for row in sends(tidings)))
-            assert len(sink.requests) == 20  # each once
-            assert sorted(sink.received) == sorted(row.idempotency_key for row in sends(tidings))
-            assert {row.attempts for row in sends(tidings)} == {1}
-            assert looks == []  # every send was handed over with the round that wrote it
+    async with live(running, clock) as (tidings, sink, s):
+        looks: list[bool] = []
+        # The dispatcher's own claims happen when it is woken to look (or at its poll, 1 s).
+        tidings.dispatcher.wake = tidings.runner.on_enqueued = lambda: looks.append(True)
+        for n in range(20):
+            await s.post("identify", {"userId": f"u{n}", "traits": SUBSCRIBED(f"c{n}@example.com")})
+            started = {"userId": f"u{n}", "event": "Checkout Started"}
+            await s.post("track", {**started, "properties": {"checkout_id": f"c{n}"}})
+        await until(lambda: len(sink.requests) >= 20)
+        await until(lambda: all(row.status == "delivered" for row in sends(tidings)))
+        assert len(sink.requests) == 20  # each once
+        assert sorted(sink.received) == sorted(row.idempotency_key for row in sends(tidings))
+        assert {row.attempts for row in sends(tidings)} == {1}
+        assert looks == []  # every send was handed over with the round that wrote it
 
 
 async def test_a_round_that_does_not_commit_hands_nothing_over(running, clock) -> None:
-    with WebhookSink(SECRET).running() as sink:
-        async with running(AT_ONCE.replace("http://127.0.0.1:9/never", sink.url), process=True) as (
-            tidings,
-            client,
-        ):
-            s = Shop(tidings, client, clock)
-            claim = tidings.runner.claim_sends
-            claims: list[int] = []
+    async with live(running, clock) as (tidings, sink, s):
+        claim = tidings.runner.claim_sends
+        claims: list[int] = []
 
-            def broken(conn: Any, now: Any) -> Any:
-                handoff = claim(conn, now)
-                claims.append(len(handoff.claimed) if handoff is not None else 0)
-                if len(claims) == 1:
-                    raise RuntimeError("the round broke after the dispatcher's claim")
-                return handoff
+        def broken(conn: Any, now: Any) -> Any:
+            handoff = claim(conn, now)
+            claims.append(len(handoff.claimed) if handoff is not None else 0)
+            if len(claims) == 1:
+                raise RuntimeError("the round broke after the dispatcher's claim")
+            return handoff
 
-            tidings.runner.claim_sends = broken
-            await s.post("identify", {"userId": "u1", "traits": SUBSCRIBED("ann@example.com")})
-            body = {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}}
-            await s.post("track", body)
-            await until(lambda: len(sends(tidings)) == 1 and sends(tidings)[0].status == "delivered")
-            assert claims == [1, 1]  # claimed in the round that broke, then in the runner's own
-            assert len(sink.requests) == 1  # the rolled-back claim was not sent; the runner's was
-            assert sends(tidings)[0].attempts == 1
+        tidings.runner.claim_sends = broken
+        await s.post("identify", {"userId": "u1", "traits": SUBSCRIBED("ann@example.com")})
+        body = {"userId": "u1", "event": "Checkout Started", "properties": {"checkout_id": "c1"}}
+        await s.post("track", body)
+        await until(lambda: len(sends(tidings)) == 1 and sends(tidings)[0].status == "delivered")
+        assert claims == [1, 1]  # claimed in the round that broke, then in the runner's own
+        assert len(sink.requests) == 1  # the rolled-back claim was not sent; the runner's was
+        assert sends(tidings)[0].attempts == 1
