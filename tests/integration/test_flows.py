@@ -602,12 +602,16 @@ async def test_a_backlog_bigger_than_a_round_fires_each_run_once_in_storage_orde
     assert sent() == ["c8", "c7", "c6"]  # the longest overdue first
     order = {"checkout_id": "c5", "order_id": "o-c5", "value": 25.0}
     await s.post("track", {"userId": "u5", "event": "Order Completed", "properties": order})
-    await s.tidings.processor.drain()  # ends run 5 before the backlog reaches it
+    cart = {"checkout_id": "c9", "products": ITEMS, "value": 25.0}
+    await s.post("track", {"userId": "u9", "event": "Checkout Started", "properties": cart})
+    await s.tidings.processor.drain()  # ends run 5 before the backlog reaches it, starts run 9
+    assert sent() == ["c8", "c7", "c6"]  # the processor's batch fired none of the backlog
     assert await s.tidings.runner.run_once() == 3
     assert sent()[3:] == ["c1", "c2", "c3"]
     assert await s.tidings.runner.drain() == 1
     assert sent() == ["c8", "c7", "c6", "c1", "c2", "c3", "c4"]
-    assert [r.status for r in run_rows(s.tidings)] == ["completed"] * 4 + ["exited"] + ["completed"] * 3
+    statuses = [r.status for r in run_rows(s.tidings)]
+    assert statuses == ["completed"] * 4 + ["exited"] + ["completed"] * 3 + ["active"]
     await s.wait(60)
     assert len(sends(s.tidings)) == 7
 

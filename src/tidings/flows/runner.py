@@ -116,7 +116,11 @@ class FlowRunner(Loop):
     def fire_within(self, conn: Connection) -> Fired | None:
         """A round in the caller's transaction (the processor's, once its events started runs),
         in a savepoint: if it fails, nothing of it stays, the caller's writes stand, and the runs
-        are still due for the runner's own round (None). Call `fired_within` after the commit."""
+        are still due for the runner's own round (None). None too while the runner works off a
+        backlog: new runs wait for its end anyway, and the caller's batch is not made to carry a
+        round of old ones. Call `fired_within` after the commit."""
+        if self._backlog:
+            return None
         now = self.clock.now()
         try:
             with _WITHIN(conn):
@@ -130,8 +134,8 @@ class FlowRunner(Loop):
 
     def fired_within(self, fired: Fired | None) -> None:
         """After the commit of a `fire_within` round: tell the dispatcher, and wake the loop if
-        there is more for it now (sources to ask, a full round, a failed one) or a timer falls
-        due before it would look anyway."""
+        there is more for it now (sources to ask, a full round, none fired) or a timer falls due
+        before it would look anyway."""
         if fired is not None:
             self._tell_dispatcher(fired)
         if fired is None or fired.full or fired.asks:
