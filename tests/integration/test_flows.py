@@ -767,3 +767,27 @@ async def test_a_round_that_does_not_commit_hands_nothing_over(running, clock) -
         assert claims == [1, 1]  # claimed in the round that broke, then in the runner's own
         assert len(sink.requests) == 1  # the rolled-back claim was not sent; the runner's was
         assert sends(tidings)[0].attempts == 1
+
+
+async def test_a_round_fired_with_the_processor_wakes_the_runner_for_a_timer_due_soon(shop, clock) -> None:
+    """The runner may be asleep until a later time (up to its longest sleep, 1 s), or in a round
+    that read the next due time before the processor's commit: a timer due sooner than that must
+    wake it, and only such a timer (or more work now) does."""
+    from tidings.flows.runner import Fired
+
+    s = await shop(AT_ONCE)
+    runner = s.tidings.runner
+    woken: list[bool] = []
+    runner.wake = lambda: woken.append(True)
+
+    def fired(due: Any, *, full: bool = False) -> Fired:
+        return Fired(1, full, [], due, False, None)
+
+    runner.fired_within(fired(None))
+    runner.fired_within(fired(clock.now() + timedelta(minutes=30)))  # a round reads it before then
+    assert woken == []
+    runner.fired_within(fired(clock.now() + timedelta(milliseconds=500)))
+    assert woken == [True]
+    runner.fired_within(fired(None, full=True))  # more is due now
+    runner.fired_within(None)  # nothing fired with the processor: the runner's own round does it
+    assert woken == [True, True, True]

@@ -98,7 +98,6 @@ class FlowRunner(Loop):
         self._gauges: asyncio.Task[None] | None = None
         self._backlog: deque[int] = deque()  # ids of overdue runs, in storage order
         self._handed: Asks = []  # asks of rounds fired within others
-        self._look_by = 0.0  # time.monotonic() by which the loop looks again unless woken
         super().__init__()
         self.poll = max_poll
 
@@ -135,16 +134,17 @@ class FlowRunner(Loop):
     def fired_within(self, fired: Fired | None) -> None:
         """After the commit of a `fire_within` round: tell the dispatcher, and wake the loop if
         there is more for it now (sources to ask, a full round, none fired) or a timer falls due
-        before it would look anyway."""
+        within its longest sleep: the loop then reads the next due time again (it may be asleep
+        until a later one, or in a round that read it before this commit). A timer due later is
+        read by a round before then anyway."""
         if fired is not None:
             self._tell_dispatcher(fired)
         if fired is None or fired.full or fired.asks:
             self._handed.extend(fired.asks if fired is not None else ())
             self.wake()
-            return
-        if fired.due is not None:
+        elif fired.due is not None:
             left = real_seconds(self.clock, (fired.due - self.clock.now()).total_seconds())
-            if time.monotonic() + left < self._look_by:
+            if left < self.max_poll:
                 self.wake()
 
     async def _answer(self, asks: Asks) -> datetime | None:
@@ -269,7 +269,6 @@ class FlowRunner(Loop):
         # full): timers due a few ms apart then fire together, a little late, in one round.
         wait = max(wait, TICK - (time.monotonic() - started))
         self.poll = min(self.max_poll, max(0.0, wait))
-        self._look_by = time.monotonic() + self.poll
         if self._gauges_at is None or now - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = now
             if self._gauges is None or self._gauges.done():
