@@ -10,18 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from abc import ABC, abstractmethod
 
 
 class Loop(ABC):
     name: str = "tidings-loop"
     poll: float = 1.0  # seconds between looks when nobody wakes us
-    linger: float = 0.0  # after a wake-up while busy, let a little more work gather first
-    # Busy: woken within this many lingers of the last round. A wake-up after a quiet spell is
-    # acted on at once: lingering then gathers nothing and only delays (at 20 webhooks/s, 5 ms
-    # of a 16 ms median).
-    busy_lingers: float = 4.0
     batch_size: int = 100
 
     def __init__(self) -> None:
@@ -60,9 +54,6 @@ class Loop(ABC):
                 )
                 done = 0
             if done < self.batch_size and not self._stopping:
-                idle_since = time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll):
                         await self._wake.wait()
-                if self.linger and time.monotonic() - idle_since < self.linger * self.busy_lingers:
-                    await asyncio.sleep(self.linger)

@@ -41,9 +41,6 @@ from tidings.store.schema import inbox, requests
 log = logging.getLogger("tidings.processor")
 
 RETRIES = 5
-# After a wake-up, wait this long so that several group commits are processed in one transaction,
-# rather than one processing transaction competing with every commit for the writer.
-LINGER_SECONDS = 0.005
 
 
 # Built once: the live server runs small batches, where building statements cost as much as running them.
@@ -82,7 +79,6 @@ class Applied:
 
 class Processor(Loop):
     name = "processor"
-    linger = LINGER_SECONDS
 
     def __init__(
         self,
