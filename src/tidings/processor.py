@@ -101,7 +101,7 @@ class Processor(Loop):
         # (FlowRunner.fire_within), and what to do with its outcome after the commit.
         self.fire_within: Callable[[Connection], Fired | None] | None = None
         self.on_fired: Callable[[Fired | None], None] = lambda fired: None
-        self._fired: tuple[Fired | None] | None = None  # the last batch's round, if it ran one
+        self._fired: Fired | None = None  # the last batch's round (None: it failed)
         self.sync_to = tuple(sync_to)  # destinations with profile_sync
         self._enqueued = False  # profile pushes were written since the last look (writer thread)
         self.on_enqueued: Callable[[], None] = lambda: None  # the dispatcher is told
@@ -168,7 +168,7 @@ class Processor(Loop):
         for (status, error), ids in settled.items():
             _SETTLE.execute(conn, {"ids": ids, "_status": status, "_error": error})
         if self.runs_due and self.fire_within is not None:
-            self._fired = (self.fire_within(conn),)
+            self._fired = self.fire_within(conn)
         return applied
 
     @staticmethod
@@ -310,13 +310,13 @@ class Processor(Loop):
         if self._enqueued:  # only then: an idle dispatcher woken for nothing costs a transaction
             self._enqueued = False
             self.on_enqueued()
-        if self._fired is not None:  # the runs were fired in the batch's transaction
+        if self.runs_due:
             self.runs_due = 0
-            (fired,), self._fired = self._fired, None
-            self.on_fired(fired)
-        elif self.runs_due:
-            self.runs_due = 0
-            self.on_runs_due()
+            if self.fire_within is not None:  # the batch ran the runner's round: its outcome
+                fired, self._fired = self._fired, None
+                self.on_fired(fired)
+            else:
+                self.on_runs_due()
         now = self.clock.now()
         for a in applied:
             self.metrics.receipt_delay.labels(a.source).observe(

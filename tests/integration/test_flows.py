@@ -547,21 +547,29 @@ async def test_a_wait_until_a_time_of_day_uses_the_customers_zone(running, clock
         assert len(sends(tidings)) == 1
 
 
-async def test_update_profile_sets_a_trait_a_branch_can_read(running, clock) -> None:
-    text = f"""
+# A Segment source and a webhook destination that is never reached, for flows tested in the store.
+BASICS = f"""
 sources:
   web: {{kind: segment, write_keys: ["wk_test"]}}
 destinations:
   esp: {{kind: webhook, url: "http://127.0.0.1:9/never", secret: "{SECRET}"}}
+"""
+
+
+async def test_update_profile_sets_a_trait_a_branch_can_read(running, clock) -> None:
+    text = (
+        BASICS
+        + """
 flows:
   welcome:
-    trigger: {{event: Checkout Started}}
-    guards: {{consent: none}}
+    trigger: {event: Checkout Started}
+    guards: {consent: none}
     steps:
-      - branch: {{when: "profile.traits.welcomed", then: exit}}
-      - update_profile: {{traits: {{welcomed: true, welcomed_for: "{{{{ event.properties.checkout_id }}}}"}}}}
-      - send: {{destination: esp, action: track_event, event: Welcome}}
+      - branch: {when: "profile.traits.welcomed", then: exit}
+      - update_profile: {traits: {welcomed: true, welcomed_for: "{{ event.properties.checkout_id }}"}}
+      - send: {destination: esp, action: track_event, event: Welcome}
 """
+    )
     async with running(text) as (tidings, client):
         s = Shop(tidings, client, clock)
         await s.customer("u1", "ann@example.com")
@@ -628,20 +636,19 @@ async def test_the_dispatcher_is_woken_by_a_round_that_wrote_a_send_only(shop) -
     assert len(sends(s.tidings)) == 1
 
 
-AT_ONCE = f"""
-sources:
-  web: {{kind: segment, write_keys: ["wk_test"]}}
-destinations:
-  esp: {{kind: webhook, url: "http://127.0.0.1:9/never", secret: "{SECRET}"}}
+AT_ONCE = (
+    BASICS
+    + """
 flows:
   welcome:
-    trigger: {{event: Checkout Started}}
+    trigger: {event: Checkout Started}
     run_key: event.properties.checkout_id
     steps:
-      - send: {{destination: esp, action: track_event, event: Hello}}
+      - send: {destination: esp, action: track_event, event: Hello}
       - wait: 1h
-      - send: {{destination: esp, action: track_event, event: Again}}
+      - send: {destination: esp, action: track_event, event: Again}
 """
+)
 
 
 async def test_a_send_that_needs_no_wait_is_in_the_outbox_when_its_event_is_processed(shop, clock) -> None:
@@ -781,7 +788,7 @@ async def test_a_round_fired_with_the_processor_wakes_the_runner_for_a_timer_due
     runner.wake = lambda: woken.append(True)
 
     def fired(due: Any, *, full: bool = False) -> Fired:
-        return Fired(1, full, [], due, False, None)
+        return Fired(runner.batch_size if full else 1, [], due, False, None)
 
     runner.fired_within(fired(None))
     runner.fired_within(fired(clock.now() + timedelta(minutes=30)))  # a round reads it before then

@@ -61,7 +61,6 @@ class Fired:
     the sends it wrote, claimed for it in the round's transaction where it had room."""
 
     fired: int
-    full: bool
     asks: Asks
     due: datetime | None
     sent: bool
@@ -102,9 +101,7 @@ class FlowRunner(Loop):
         self.poll = max_poll
 
     async def run_once(self) -> int:
-        if self._handed:  # runs fired in the processor's transaction, waiting for a source's answer
-            handed, self._handed = self._handed, []
-            await self._answer(handed)
+        await self._answer_handed()
         started, now = time.monotonic(), self.clock.now()
         fired = await self.store.write(lambda conn: self._fire(conn, now))
         self._tell_dispatcher(fired)
@@ -139,13 +136,19 @@ class FlowRunner(Loop):
         read by a round before then anyway."""
         if fired is not None:
             self._tell_dispatcher(fired)
-        if fired is None or fired.full or fired.asks:
+        if fired is None or fired.fired == self.batch_size or fired.asks:
             self._handed.extend(fired.asks if fired is not None else ())
             self.wake()
         elif fired.due is not None:
             left = real_seconds(self.clock, (fired.due - self.clock.now()).total_seconds())
             if left < self.max_poll:
                 self.wake()
+
+    async def _answer_handed(self) -> None:
+        """Runs fired in the processor's transaction, waiting for a source's answer."""
+        if self._handed:
+            handed, self._handed = self._handed, []
+            await self._answer(handed)
 
     async def _answer(self, asks: Asks) -> datetime | None:
         """Ask the sources (outside any transaction), then settle the runs; the next due time."""
@@ -193,7 +196,7 @@ class FlowRunner(Loop):
 
     def _round(self, conn: Connection, now: datetime, fired: int, asks: Asks, sent: bool) -> Fired:
         handoff = self.claim_sends(conn, now) if sent else None
-        return Fired(fired, fired == self.batch_size, asks, runs.next_due(conn), sent, handoff)
+        return Fired(fired, asks, runs.next_due(conn), sent, handoff)
 
     def _claim(self, conn: Connection, now: datetime) -> list[runs.Run]:
         """The round's runs: those due first, unless a backlog is being worked off.
@@ -286,8 +289,6 @@ class FlowRunner(Loop):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._handed:  # handed over after the last round: answered now rather than left leased
-            handed, self._handed = self._handed, []
-            await self._answer(handed)
+        await self._answer_handed()  # handed over after the last round: not left leased
         if self._gauges is not None:
             await self._gauges
